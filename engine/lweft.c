@@ -1,0 +1,104 @@
+/*
+** lweft.c: the weft.core module: opening it into a state, weft.copy, the
+** clock, durations and the error constants.  Per-concept functions live in
+** their own binding files (lcontext.c).
+**
+** Owns: nothing shared; state lives in the runtime (runtime.c).
+*/
+#include <math.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "binding.h"
+#include "context.h"
+#include "runtime.h"
+#include "value.h"
+
+static const char duration_key = 0;  /* registry: the LPeg duration parser */
+
+double weft_check_duration(lua_State *L, int arg) {
+  if (lua_type(L, arg) == LUA_TNUMBER) {
+    double d = lua_tonumber(L, arg);
+    luaL_argcheck(L, d >= 0, arg, "duration must be a number >= 0");
+    return d;
+  }
+  if (lua_type(L, arg) != LUA_TSTRING)
+    luaL_typeerror(L, arg, "duration (number or string)");
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &duration_key) != LUA_TFUNCTION)
+    luaL_error(L, "weft: duration parser missing (load weft, not weft.core)");
+  lua_pushvalue(L, arg);
+  lua_call(L, 1, 2);
+  if (lua_isnil(L, -2)) luaL_argerror(L, arg, lua_tostring(L, -1));
+  double d = lua_tonumber(L, -2);
+  lua_pop(L, 2);
+  return d;
+}
+
+/* weft.copy(...): every argument through a buffer and back. */
+static int l_copy(lua_State *L) {
+  int n = lua_gettop(L);
+  weft_buf *b = weft_buf_encode(L, 1, n, "args", 1);
+  /* decoding may raise: the buffer must not leak, so hold it in a box */
+  weft_buf **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = b;
+  luaL_setmetatable(L, "weft.buffer");
+  int m = weft_buf_decode(L, b);
+  *box = NULL;
+  weft_buf_release(b);
+  return m;
+}
+
+static int buffer_gc(lua_State *L) {
+  weft_buf **box = lua_touserdata(L, 1);
+  if (*box != NULL) {
+    weft_buf_release(*box);
+    *box = NULL;
+  }
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, weft_now());
+  return 1;
+}
+
+static int l_ncpu(lua_State *L) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  lua_pushinteger(L, n > 0 ? n : 1);
+  return 1;
+}
+
+static int l_bind_duration(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &duration_key);
+  return 0;
+}
+
+static const luaL_Reg funcs[] = {
+    {"copy", l_copy},
+    {"now", l_now},
+    {"ncpu", l_ncpu},
+    {"_bind_duration", l_bind_duration},
+    {NULL, NULL},
+};
+
+int luaopen_weft_core(lua_State *L) {
+  weft_runtime_ensure(L);
+  if (luaL_newmetatable(L, "weft.buffer")) {
+    lua_pushcfunction(L, buffer_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, WEFT_VERSION);
+  lua_setfield(L, -2, "_VERSION");
+  lua_pushliteral(L, WEFT_CANCELED_MSG);
+  lua_setfield(L, -2, "CANCELED");
+  lua_pushliteral(L, WEFT_DEADLINE_MSG);
+  lua_setfield(L, -2, "DEADLINE_EXCEEDED");
+  weft_open_context(L);
+  return 1;
+}

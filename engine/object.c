@@ -1,0 +1,124 @@
+/*
+** object.c: reference counts of shared engine objects and their Lua handles.
+**
+** Owns: the atomic counts, the handle metatables' common part, and each
+** state's weak handle cache (a registry table keyed by object address).
+** Locking: none; counts are atomic, a handle cache belongs to one state.
+*/
+#include "object.h"
+
+#include <assert.h>
+
+static const char handle_key = 0;  /* metatable field naming the class */
+static const char cache_key = 0;   /* registry: object address -> handle */
+
+typedef struct handle {
+  weft_object *obj;
+} handle;
+
+void weft_object_init(weft_object *o, const weft_class *cls) {
+  o->cls = cls;
+  atomic_init(&o->refs, 1);
+}
+
+void weft_retain(weft_object *o) {
+  long old = atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+  assert(old > 0);
+  (void)old;
+}
+
+bool weft_try_retain(weft_object *o) {
+  long n = atomic_load_explicit(&o->refs, memory_order_relaxed);
+  while (n > 0)
+    if (atomic_compare_exchange_weak_explicit(&o->refs, &n, n + 1,
+                                              memory_order_relaxed,
+                                              memory_order_relaxed))
+      return true;
+  return false;
+}
+
+void weft_release(weft_object *o) {
+  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1)
+    o->cls->destroy(o);
+}
+
+static void push_cache(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cache_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &cache_key);
+  }
+}
+
+void weft_push_object(lua_State *L, weft_object *o) {
+  push_cache(L);
+  if (lua_rawgetp(L, -1, o) == LUA_TUSERDATA) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
+  handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->obj = NULL;  /* no reference until the metatable (and __gc) is set */
+  luaL_setmetatable(L, o->cls->name);
+  weft_retain(o);
+  h->obj = o;
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, -3, o);
+  lua_remove(L, -2);
+}
+
+weft_object *weft_to_object(lua_State *L, int idx) {
+  handle *h = lua_touserdata(L, idx);
+  if (h == NULL || lua_islightuserdata(L, idx) || !lua_getmetatable(L, idx))
+    return NULL;
+  int is_handle = lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA;
+  lua_pop(L, 2);
+  return is_handle ? h->obj : NULL;
+}
+
+weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls) {
+  handle *h = luaL_checkudata(L, arg, cls->name);
+  if (h->obj == NULL) luaL_argerror(L, arg, "handle already released");
+  return h->obj;
+}
+
+static int handle_gc(lua_State *L) {
+  handle *h = lua_touserdata(L, 1);
+  if (h != NULL && h->obj != NULL) {
+    weft_object *o = h->obj;
+    h->obj = NULL;
+    weft_release(o);
+  }
+  return 0;
+}
+
+static int handle_tostring(lua_State *L) {
+  handle *h = lua_touserdata(L, 1);
+  luaL_getmetafield(L, 1, "__name");
+  lua_pushfstring(L, "%s: %p", lua_tostring(L, -1), (void *)h->obj);
+  return 1;
+}
+
+void weft_new_class(lua_State *L, const weft_class *cls, const luaL_Reg *l,
+                    const luaL_Reg *meta) {
+  luaL_newmetatable(L, cls->name);
+  lua_pushlightuserdata(L, (void *)cls);
+  lua_rawsetp(L, -2, &handle_key);
+  lua_pushcfunction(L, handle_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, handle_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  if (meta != NULL) luaL_setfuncs(L, meta, 0);
+  if (l != NULL) {
+    lua_newtable(L);
+    luaL_setfuncs(L, l, 0);
+    lua_setfield(L, -2, "__index");
+  }
+}

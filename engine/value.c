@@ -1,0 +1,837 @@
+/*
+** value.c: copying Lua values between states through a state-independent
+** buffer (DESIGN.md, "Values crossing states").
+**
+** Owns: the buffer format, the encoder and the decoder.  Locking: none; a
+** buffer is written by one thread and immutable afterwards (refs atomic).
+**
+** Both directions are iterative (an explicit frame stack, objects anchored
+** on the Lua stack), so 1e5-deep nesting costs no C stack.  The encoder
+** keeps its bookkeeping (objects seen, upvalues seen) in C, so on the normal
+** path it allocates no Lua memory: no collection, hence no finalizer, can
+** run in the middle of a traversal.  Tables are read raw; metatables are set
+** only once the whole value is built, so no user metamethod runs mid-copy.
+** Each direction runs under its own lua_pcall, so a failure frees the C
+** side and re-raises in the caller's state with both stacks balanced.
+**
+** Format: a byte stream of tagged values.  Tables and Lua functions get ids
+** in order of appearance (one id space per buffer, so aliasing across the
+** values of one list survives); a later occurrence is a T_REF.  A table is
+** T_TABLE narr nrec, key/value pairs, T_END, then its metatable (a value,
+** nil for none).  A function is T_LFUNC, its bytecode, its upvalue count and
+** each upvalue: a value, or T_UPJOIN fid n for an upvalue shared with
+** upvalue n of function fid.  The sender's globals table travels as
+** T_GLOBALS wherever it sits (so every _ENV binds to the receiver's).
+*/
+#include "value.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "object.h"
+#include "runtime.h"
+
+enum {
+  T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_END, T_REF,
+  T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_HANDLE
+};
+
+struct weft_buf {
+  atomic_long refs;
+  weft_runtime *rt;
+  int count;          /* values in the list */
+  uint32_t nids;      /* tables and functions */
+  unsigned char *data;
+  size_t len, cap;
+  weft_object **handles;
+  size_t nhandles, hcap;
+};
+
+/* ---------------------------------------------------------------------- */
+/* buffers */
+
+static weft_buf *buf_new(weft_runtime *rt) {
+  weft_buf *b = weft_alloc(rt, sizeof *b);
+  if (b == NULL) return NULL;
+  memset(b, 0, sizeof *b);
+  atomic_init(&b->refs, 1);
+  weft_runtime_retain(rt);
+  b->rt = rt;
+  return b;
+}
+
+void weft_buf_retain(weft_buf *b) {
+  atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+}
+
+void weft_buf_release(weft_buf *b) {
+  if (b == NULL ||
+      atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  weft_runtime *rt = b->rt;
+  for (size_t i = 0; i < b->nhandles; i++) weft_release(b->handles[i]);
+  weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
+  weft_free(rt, b->data, b->cap);
+  weft_free(rt, b, sizeof *b);
+  weft_runtime_release(rt);
+}
+
+int weft_buf_count(const weft_buf *b) { return b->count; }
+
+bool weft_buf_equal(const weft_buf *a, const weft_buf *b) {
+  return a->count == b->count && a->len == b->len &&
+         a->nhandles == b->nhandles && memcmp(a->data, b->data, a->len) == 0 &&
+         (a->nhandles == 0 ||
+          memcmp(a->handles, b->handles, a->nhandles * sizeof *a->handles) ==
+              0);
+}
+
+/* ---------------------------------------------------------------------- */
+/* pointer map: object or upvalue address -> id (the encoder's "seen") */
+
+typedef struct pmap {
+  const void **keys;
+  uint64_t *vals;
+  size_t cap, n;  /* cap is 0 or a power of 2 */
+} pmap;
+
+static size_t pmap_slot(const pmap *m, const void *p) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  size_t i = (size_t)x & (m->cap - 1);
+  while (m->keys[i] != NULL && m->keys[i] != p) i = (i + 1) & (m->cap - 1);
+  return i;
+}
+
+static const uint64_t *pmap_get(const pmap *m, const void *p) {
+  if (m->cap == 0) return NULL;
+  size_t i = pmap_slot(m, p);
+  return m->keys[i] == p ? &m->vals[i] : NULL;
+}
+
+static void pmap_free(weft_runtime *rt, pmap *m) {
+  weft_free(rt, m->keys, m->cap * sizeof *m->keys);
+  weft_free(rt, m->vals, m->cap * sizeof *m->vals);
+  m->keys = NULL;
+  m->vals = NULL;
+  m->cap = m->n = 0;
+}
+
+/* Adds p (not present) -> v; false when out of memory. */
+static bool pmap_put(weft_runtime *rt, pmap *m, const void *p, uint64_t v) {
+  if (2 * (m->n + 1) > m->cap) {
+    pmap old = *m;
+    size_t cap = old.cap ? 2 * old.cap : 64;
+    m->keys = weft_alloc(rt, cap * sizeof *m->keys);
+    m->vals = weft_alloc(rt, cap * sizeof *m->vals);
+    if (m->keys == NULL || m->vals == NULL) {
+      weft_free(rt, m->keys, m->keys ? cap * sizeof *m->keys : 0);
+      weft_free(rt, m->vals, m->vals ? cap * sizeof *m->vals : 0);
+      *m = old;
+      return false;
+    }
+    memset(m->keys, 0, cap * sizeof *m->keys);
+    m->cap = cap;
+    for (size_t i = 0; i < old.cap; i++)
+      if (old.keys[i] != NULL) {
+        size_t j = pmap_slot(m, old.keys[i]);
+        m->keys[j] = old.keys[i];
+        m->vals[j] = old.vals[i];
+      }
+    pmap_free(rt, &old);
+  }
+  size_t i = pmap_slot(m, p);
+  m->keys[i] = p;
+  m->vals[i] = v;
+  m->n++;
+  return true;
+}
+
+/* ---------------------------------------------------------------------- */
+/* encoder */
+
+enum { F_TABLE, F_FUNC };
+/* table phases: the next lua_next, the value of the current key, popping
+   the value, the metatable */
+enum { P_NEXT, P_VALUE, P_POP, P_META };
+
+typedef struct eframe {
+  int kind, phase;
+  int base;       /* stack slot of the table or function */
+  int up, nups;   /* functions: the upvalue being written, their count */
+  size_t counts;  /* tables: offset of narr/nrec, patched at T_END */
+  uint32_t narr, nrec;
+} eframe;
+
+typedef struct enc {
+  lua_State *L;
+  weft_buf *b;
+  eframe *frames;
+  size_t nframes, fcap;
+  pmap seen;
+  int globals;       /* stack slot of the sender's globals */
+  int cfuncs;        /* stack slot of the C function index, or 0 */
+  int first, n;      /* the values to encode */
+  const char *root;
+  int index;
+  int arg;           /* value being encoded, 1-based */
+} enc;
+
+static const char cfunc_key = 0;  /* registry: C function -> "mod\0name" */
+
+static void *grow(enc *e, void *p, size_t *cap, size_t need, size_t size) {
+  size_t n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  void *q = weft_realloc(e->b->rt, p, *cap * size, n * size);
+  if (q == NULL) luaL_error(e->L, "not enough memory");
+  *cap = n;
+  return q;
+}
+
+static unsigned char *reserve(enc *e, size_t n) {
+  weft_buf *b = e->b;
+  if (b->cap - b->len < n) b->data = grow(e, b->data, &b->cap, b->len + n, 1);
+  unsigned char *p = b->data + b->len;
+  b->len += n;
+  return p;
+}
+
+static void put_byte(enc *e, int c) { *reserve(e, 1) = (unsigned char)c; }
+
+static void put_bytes(enc *e, const void *p, size_t n) {
+  if (n > 0) memcpy(reserve(e, n), p, n);
+}
+
+static void put_varint(enc *e, uint64_t v) {
+  unsigned char tmp[10];
+  int n = 0;
+  do {
+    tmp[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    v >>= 7;
+  } while (v != 0);
+  put_bytes(e, tmp, (size_t)n);
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
+  (void)L;
+  put_bytes(ud, p, n);
+  return 0;
+}
+
+/* Appends a path element for frame f (how its current child is reached). */
+static void add_path(lua_State *L, luaL_Buffer *B, const eframe *f) {
+  if (f->kind == F_FUNC) {
+    const char *name = lua_getupvalue(L, f->base, f->up);
+    if (name != NULL) lua_pop(L, 1);
+    lua_pushfstring(L, "<upvalue %s>", name && *name ? name : "?");
+  } else if (f->phase == P_META) {
+    lua_pushliteral(L, "<metatable>");
+  } else if (f->phase == P_VALUE) {
+    lua_pushliteral(L, "<key>");
+  } else {
+    int k = f->base + 1;
+    switch (lua_type(L, k)) {
+      case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, k, &len);
+        int ident = len > 0 && !(s[0] >= '0' && s[0] <= '9');
+        for (size_t i = 0; ident && i < len; i++)
+          ident = s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
+                  (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z');
+        if (ident)
+          lua_pushfstring(L, ".%s", s);
+        else
+          lua_pushfstring(L, "[\"%s\"]", s);
+        break;
+      }
+      case LUA_TNUMBER:
+      case LUA_TBOOLEAN:
+        lua_pushfstring(L, "[%s]", luaL_tolstring(L, k, NULL));
+        lua_remove(L, -2);
+        break;
+      default:
+        lua_pushfstring(L, "[%s]", luaL_typename(L, k));
+    }
+  }
+  luaL_addvalue(B);
+}
+
+/* Raises "<path>: cannot copy <what>[ as a table key]" for the value at v. */
+static int refuse(enc *e, int v, const char *why) {
+  lua_State *L = e->L;
+  const char *what;
+  switch (lua_type(L, v)) {
+    case LUA_TUSERDATA:
+      if (luaL_getmetafield(L, v, "__name") == LUA_TSTRING)
+        what = lua_pushfstring(L, "userdata (%s)", lua_tostring(L, -1));
+      else
+        what = "userdata";
+      break;
+    case LUA_TLIGHTUSERDATA: what = "light userdata"; break;
+    default: what = luaL_typename(L, v);
+  }
+  size_t nf = e->nframes;
+  int is_key = nf > 0 && e->frames[nf - 1].kind == F_TABLE &&
+               e->frames[nf - 1].phase == P_VALUE;
+  luaL_Buffer B;
+  luaL_buffinit(L, &B);
+  if (e->index)
+    lua_pushfstring(L, "%s[%d]", e->root, e->arg);
+  else
+    lua_pushstring(L, e->root);
+  luaL_addvalue(&B);
+  for (size_t i = 0; i < nf - (is_key ? 1 : 0); i++) add_path(L, &B, &e->frames[i]);
+  lua_pushfstring(L, ": cannot copy %s%s%s", what, why ? why : "",
+                  is_key ? " as a table key" : "");
+  luaL_addvalue(&B);
+  luaL_pushresult(&B);
+  return lua_error(L);
+}
+
+static eframe *push_frame(enc *e, int kind, int v) {
+  lua_State *L = e->L;
+  if (!lua_checkstack(L, 8))
+    luaL_error(L, "value nested too deeply to copy (%d levels)", (int)e->nframes);
+  if (e->nframes == e->fcap)
+    e->frames = grow(e, e->frames, &e->fcap, e->nframes + 1, sizeof *e->frames);
+  eframe *f = &e->frames[e->nframes++];
+  memset(f, 0, sizeof *f);
+  f->kind = kind;
+  lua_pushvalue(L, v);
+  f->base = lua_gettop(L);
+  return f;
+}
+
+/* Seen before: writes the reference and returns true.  Else registers it. */
+static bool seen(enc *e, const void *p) {
+  const uint64_t *id = pmap_get(&e->seen, p);
+  if (id != NULL) {
+    put_byte(e, T_REF);
+    put_varint(e, *id);
+    return true;
+  }
+  if (!pmap_put(e->b->rt, &e->seen, p, e->b->nids++))
+    luaL_error(e->L, "not enough memory");
+  return false;
+}
+
+/* Pushes a new index of the C functions in package.loaded: f -> "mod\0name"
+   ("mod\0" for a module that is itself a C function). */
+static void build_cfunc_index(lua_State *L) {
+  lua_newtable(L);
+  int index = lua_gettop(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, index + 1)) {  /* index loaded mod module */
+    int mod = index + 2;
+    if (lua_type(L, mod) == LUA_TSTRING && lua_iscfunction(L, mod + 1)) {
+      lua_pushvalue(L, mod + 1);
+      lua_pushvalue(L, mod);
+      lua_pushlstring(L, "", 1);
+      lua_concat(L, 2);
+      lua_rawset(L, index);
+    } else if (lua_type(L, mod) == LUA_TSTRING && lua_istable(L, mod + 1)) {
+      lua_pushnil(L);
+      while (lua_next(L, mod + 1)) {  /* ... mod module name f */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+          lua_pushvalue(L, -1);
+          if (lua_rawget(L, index) == LUA_TNIL) {
+            lua_pushvalue(L, -2);
+            lua_pushvalue(L, mod);
+            lua_pushlstring(L, "", 1);
+            lua_pushvalue(L, -6);
+            lua_concat(L, 3);
+            lua_rawset(L, index);
+          }
+          lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* Finds the name of C function v in package.loaded: pushes "mod\0name", or
+   returns false.  The index is cached in the registry, rebuilt on a miss. */
+static bool cfunc_name(enc *e, int v) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->cfuncs)) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cfunc_key) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      build_cfunc_index(L);
+      lua_pushvalue(L, -1);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
+    }
+    lua_replace(L, e->cfuncs);
+  }
+  for (int rebuilt = 0;; rebuilt = 1) {
+    lua_pushvalue(L, v);
+    if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) return true;
+    lua_pop(L, 1);
+    if (rebuilt) return false;
+    build_cfunc_index(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
+    lua_replace(L, e->cfuncs);
+  }
+}
+
+static void encode_value(enc *e, int v) {
+  lua_State *L = e->L;
+  switch (lua_type(L, v)) {
+    case LUA_TNIL: put_byte(e, T_NIL); break;
+    case LUA_TBOOLEAN: put_byte(e, lua_toboolean(L, v) ? T_TRUE : T_FALSE); break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, v)) {
+        lua_Integer i = lua_tointeger(L, v);
+        put_byte(e, T_INT);
+        put_bytes(e, &i, sizeof i);
+      } else {
+        lua_Number d = lua_tonumber(L, v);
+        put_byte(e, T_FLT);
+        put_bytes(e, &d, sizeof d);
+      }
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, v, &len);
+      put_byte(e, T_STR);
+      put_varint(e, len);
+      put_bytes(e, s, len);
+      break;
+    }
+    case LUA_TTABLE: {
+      if (lua_rawequal(L, v, e->globals)) {
+        put_byte(e, T_GLOBALS);
+        break;
+      }
+      if (seen(e, lua_topointer(L, v))) break;
+      eframe *f = push_frame(e, F_TABLE, v);
+      put_byte(e, T_TABLE);
+      f->counts = e->b->len;
+      reserve(e, 8);
+      lua_pushnil(L);  /* first key */
+      break;
+    }
+    case LUA_TFUNCTION: {
+      if (lua_iscfunction(L, v)) {
+        if (!cfunc_name(e, v))
+          return (void)refuse(e, v, " (not found in package.loaded)");
+        lua_CFunction fn = lua_tocfunction(L, v);
+        size_t len;
+        const char *name = lua_tolstring(L, -1, &len);
+        put_byte(e, T_CFUNC);
+        put_bytes(e, &fn, sizeof fn);
+        put_varint(e, len);
+        put_bytes(e, name, len);
+        lua_pop(L, 1);
+        break;
+      }
+      if (seen(e, lua_topointer(L, v))) break;
+      eframe *f = push_frame(e, F_FUNC, v);
+      lua_Debug ar;
+      lua_pushvalue(L, v);
+      lua_getinfo(L, ">u", &ar);
+      f->nups = ar.nups;
+      f->up = 0;
+      put_byte(e, T_LFUNC);
+      size_t at = e->b->len;
+      reserve(e, 4);
+      lua_pushvalue(L, v);
+      if (lua_dump(L, dump_writer, e, 0) != 0)
+        luaL_error(L, "cannot dump function");
+      lua_pop(L, 1);
+      uint32_t n = (uint32_t)(e->b->len - at - 4);
+      memcpy(e->b->data + at, &n, 4);
+      put_byte(e, ar.nups);
+      break;
+    }
+    case LUA_TUSERDATA: {
+      weft_object *o = weft_to_object(L, v);
+      if (o == NULL) return (void)refuse(e, v, NULL);
+      weft_buf *b = e->b;
+      if (b->nhandles == b->hcap)
+        b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
+                          sizeof *b->handles);
+      weft_retain(o);
+      b->handles[b->nhandles++] = o;
+      put_byte(e, T_HANDLE);
+      put_varint(e, b->nhandles - 1);
+      break;
+    }
+    default:
+      refuse(e, v, NULL);
+  }
+}
+
+/* One step of the top frame. */
+static void step(enc *e) {
+  lua_State *L = e->L;
+  eframe *f = &e->frames[e->nframes - 1];
+  int base = f->base;
+  if (f->kind == F_FUNC) {
+    lua_settop(L, base);
+    if (f->up == f->nups) {  /* done */
+      e->nframes--;
+      lua_settop(L, base - 1);
+      return;
+    }
+    int i = ++f->up;
+    void *id = lua_upvalueid(L, base, i);
+    const uint64_t *at = pmap_get(&e->seen, id);
+    if (at != NULL) {
+      put_byte(e, T_UPJOIN);
+      put_varint(e, *at >> 8);
+      put_byte(e, (int)(*at & 0xff));
+      return;
+    }
+    const uint64_t fid = *pmap_get(&e->seen, lua_topointer(L, base));
+    if (!pmap_put(e->b->rt, &e->seen, id, fid << 8 | (uint64_t)i))
+      luaL_error(L, "not enough memory");
+    lua_getupvalue(L, base, i);
+    encode_value(e, base + 1);
+    return;
+  }
+  switch (f->phase) {
+    case P_NEXT:
+      if (lua_next(L, base)) {  /* table, key, value */
+        if (lua_isinteger(L, base + 1) && lua_tointeger(L, base + 1) > 0 &&
+            lua_tointeger(L, base + 1) <= INT32_MAX)
+          f->narr++;
+        else
+          f->nrec++;
+        f->phase = P_VALUE;
+        encode_value(e, base + 1);
+      } else {  /* table */
+        uint32_t counts[2] = {f->narr, f->nrec};
+        memcpy(e->b->data + f->counts, counts, sizeof counts);
+        put_byte(e, T_END);
+        f->phase = P_META;
+        if (!lua_getmetatable(L, base)) lua_pushnil(L);
+        encode_value(e, base + 1);
+      }
+      break;
+    case P_VALUE:
+      f->phase = P_POP;
+      encode_value(e, base + 2);
+      break;
+    case P_POP:
+      lua_settop(L, base + 1);
+      f->phase = P_NEXT;
+      break;
+    default:  /* P_META done */
+      e->nframes--;
+      lua_settop(L, base - 1);
+  }
+}
+
+/* Under lua_pcall: 1 = the encoder, 2.. = the values. */
+static int encode_k(lua_State *L) {
+  enc *e = lua_touserdata(L, 1);
+  e->first = 2;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  e->globals = lua_gettop(L);
+  lua_pushnil(L);  /* the C function index, loaded on first use */
+  e->cfuncs = lua_gettop(L);
+  for (e->arg = 1; e->arg <= e->n; e->arg++) {
+    encode_value(e, e->first + e->arg - 1);
+    while (e->nframes > 0) step(e);
+  }
+  return 0;
+}
+
+weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
+                          bool index) {
+  weft_runtime *rt = weft_runtime_of(L);
+  idx = lua_absindex(L, idx);
+  enc e;
+  memset(&e, 0, sizeof e);
+  e.L = L;
+  e.n = n;
+  e.root = root;
+  e.index = index;
+  e.b = buf_new(rt);
+  if (e.b == NULL) luaL_error(L, "not enough memory");
+  e.b->count = n;
+  if (!lua_checkstack(L, n + 4)) {
+    weft_buf_release(e.b);
+    luaL_error(L, "too many values to copy");
+  }
+  lua_pushcfunction(L, encode_k);
+  lua_pushlightuserdata(L, &e);
+  for (int i = 0; i < n; i++) lua_pushvalue(L, idx + i);
+  int status = lua_pcall(L, n + 1, 0, 0);
+  weft_free(rt, e.frames, e.fcap * sizeof *e.frames);
+  pmap_free(rt, &e.seen);
+  if (status != LUA_OK) {
+    weft_buf_release(e.b);
+    lua_error(L);
+  }
+  return e.b;
+}
+
+/* ---------------------------------------------------------------------- */
+/* decoder */
+
+/* table phases: a key or T_END, the value, the rawset, the metatable;
+   function phase: an upvalue value is pending */
+enum { D_KEY, D_VAL, D_SET, D_META, D_UPVAL };
+
+typedef struct dframe {
+  int kind, phase;
+  int base;
+  int up, nups;
+} dframe;
+
+typedef struct dec {
+  lua_State *L;
+  const weft_buf *b;
+  size_t pos;
+  dframe *frames;
+  size_t nframes, fcap;
+  int ids;     /* slot: id + 1 -> table or function */
+  int metas;   /* slot: pending table, metatable pairs (nil: none yet) */
+  lua_Integer nmetas;
+  lua_Integer nextid;
+} dec;
+
+typedef struct chunk {
+  const char *p;
+  size_t n;
+} chunk;
+
+static const char *chunk_reader(lua_State *L, void *ud, size_t *size) {
+  chunk *c = ud;
+  (void)L;
+  *size = c->n;
+  c->n = 0;
+  return *size ? c->p : NULL;
+}
+
+static uint64_t get_varint(dec *d) {
+  const unsigned char *p = d->b->data;
+  uint64_t v = 0;
+  int shift = 0;
+  unsigned char c;
+  do {
+    c = p[d->pos++];
+    v |= (uint64_t)(c & 0x7f) << shift;
+    shift += 7;
+  } while (c & 0x80);
+  return v;
+}
+
+static void get_bytes(dec *d, void *out, size_t n) {
+  memcpy(out, d->b->data + d->pos, n);
+  d->pos += n;
+}
+
+static void dpush_frame(dec *d, int kind, int nups) {
+  lua_State *L = d->L;
+  if (!lua_checkstack(L, 8))
+    luaL_error(L, "value nested too deeply to copy (%d levels)", (int)d->nframes);
+  if (d->nframes == d->fcap) {
+    size_t cap = d->fcap ? 2 * d->fcap : 16;
+    dframe *f = weft_realloc(d->b->rt, d->frames, d->fcap * sizeof *f,
+                             cap * sizeof *f);
+    if (f == NULL) luaL_error(L, "not enough memory");
+    d->frames = f;
+    d->fcap = cap;
+  }
+  dframe *f = &d->frames[d->nframes++];
+  f->kind = kind;
+  f->phase = kind == F_TABLE ? D_KEY : 0;
+  f->base = lua_gettop(L);
+  f->up = 0;
+  f->nups = nups;
+}
+
+static void register_id(dec *d) {
+  lua_pushvalue(d->L, -1);
+  lua_rawseti(d->L, d->ids, ++d->nextid);
+}
+
+static void push_cfunc(dec *d) {
+  lua_State *L = d->L;
+  lua_CFunction fn;
+  get_bytes(d, &fn, sizeof fn);
+  size_t len = (size_t)get_varint(d);
+  const char *name = (const char *)d->b->data + d->pos;
+  d->pos += len;
+  size_t modlen = strlen(name);  /* "mod\0field" */
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, name, modlen);
+  int t = lua_rawget(L, -2);
+  if (modlen + 1 < len && t == LUA_TTABLE) {
+    lua_pushlstring(L, name + modlen + 1, len - modlen - 1);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+  }
+  lua_remove(L, -2);
+  if (lua_tocfunction(L, -1) != fn) {
+    const char *field = modlen + 1 < len ? name + modlen + 1 : "";
+    luaL_error(L, "cannot copy C function %s%s%s: %s in the receiving state",
+               name, *field ? "." : "", field,
+               t == LUA_TNIL ? "its module is not loaded"
+                             : "it is not the same function");
+  }
+}
+
+static void decode_value(dec *d) {
+  lua_State *L = d->L;
+  int tag = d->b->data[d->pos++];
+  switch (tag) {
+    case T_NIL: lua_pushnil(L); break;
+    case T_FALSE: lua_pushboolean(L, 0); break;
+    case T_TRUE: lua_pushboolean(L, 1); break;
+    case T_INT: {
+      lua_Integer i;
+      get_bytes(d, &i, sizeof i);
+      lua_pushinteger(L, i);
+      break;
+    }
+    case T_FLT: {
+      lua_Number n;
+      get_bytes(d, &n, sizeof n);
+      lua_pushnumber(L, n);
+      break;
+    }
+    case T_STR: {
+      size_t len = (size_t)get_varint(d);
+      lua_pushlstring(L, (const char *)d->b->data + d->pos, len);
+      d->pos += len;
+      break;
+    }
+    case T_TABLE: {
+      uint32_t counts[2];
+      get_bytes(d, counts, sizeof counts);
+      lua_createtable(L, (int)counts[0], (int)counts[1]);
+      register_id(d);
+      dpush_frame(d, F_TABLE, 0);
+      break;
+    }
+    case T_REF:
+      lua_rawgeti(L, d->ids, (lua_Integer)get_varint(d) + 1);
+      break;
+    case T_LFUNC: {
+      uint32_t n;
+      get_bytes(d, &n, sizeof n);
+      chunk c = {(const char *)d->b->data + d->pos, n};
+      d->pos += n;
+      if (lua_load(L, chunk_reader, &c, "=(weft copy)", "b") != LUA_OK)
+        lua_error(L);
+      int nups = d->b->data[d->pos++];
+      register_id(d);
+      dpush_frame(d, F_FUNC, nups);
+      break;
+    }
+    case T_CFUNC: push_cfunc(d); break;
+    case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
+    case T_HANDLE:
+      weft_push_object(L, d->b->handles[get_varint(d)]);
+      break;
+    default:
+      luaL_error(L, "weft: corrupt value buffer (tag %d)", tag);
+  }
+}
+
+static void dstep(dec *d) {
+  lua_State *L = d->L;
+  dframe *f = &d->frames[d->nframes - 1];
+  int base = f->base;
+  if (f->kind == F_FUNC) {
+    if (f->phase == D_UPVAL) {
+      lua_setupvalue(L, base, f->up);
+      f->phase = 0;
+    }
+    if (f->up == f->nups) {
+      d->nframes--;
+      return;
+    }
+    f->up++;
+    if (d->b->data[d->pos] == T_UPJOIN) {
+      d->pos++;
+      lua_Integer fid = (lua_Integer)get_varint(d);
+      int n = d->b->data[d->pos++];
+      lua_rawgeti(L, d->ids, fid + 1);
+      lua_upvaluejoin(L, base, f->up, -1, n);
+      lua_pop(L, 1);
+    } else {
+      f->phase = D_UPVAL;
+      decode_value(d);
+    }
+    return;
+  }
+  switch (f->phase) {
+    case D_KEY:
+      if (d->b->data[d->pos] == T_END) {
+        d->pos++;
+        f->phase = D_META;
+      } else {
+        f->phase = D_VAL;
+      }
+      decode_value(d);
+      break;
+    case D_VAL:
+      f->phase = D_SET;
+      decode_value(d);
+      break;
+    case D_SET:
+      lua_rawset(L, base);
+      f->phase = D_KEY;
+      break;
+    default:  /* D_META: table, metatable or nil */
+      if (!lua_isnil(L, base + 1)) {  /* set once every table is built */
+        if (lua_isnil(L, d->metas)) {
+          lua_newtable(L);
+          lua_replace(L, d->metas);
+        }
+        lua_pushvalue(L, base);
+        lua_rawseti(L, d->metas, ++d->nmetas);
+        lua_rawseti(L, d->metas, ++d->nmetas);
+      }
+      lua_settop(L, base);
+      d->nframes--;
+  }
+}
+
+/* Under lua_pcall: 1 = the decoder. */
+static int decode_k(lua_State *L) {
+  dec *d = lua_touserdata(L, 1);
+  lua_createtable(L, (int)d->b->nids, 0);
+  d->ids = lua_gettop(L);
+  lua_pushnil(L);
+  d->metas = lua_gettop(L);
+  for (int i = 0; i < d->b->count; i++) {
+    decode_value(d);
+    while (d->nframes > 0) dstep(d);
+  }
+  for (lua_Integer i = 1; i < d->nmetas; i += 2) {
+    lua_rawgeti(L, d->metas, i);
+    lua_rawgeti(L, d->metas, i + 1);
+    lua_setmetatable(L, -2);
+    lua_pop(L, 1);
+  }
+  return d->b->count;
+}
+
+int weft_buf_decode(lua_State *L, const weft_buf *b) {
+  dec d;
+  memset(&d, 0, sizeof d);
+  d.L = L;
+  d.b = b;
+  if (!lua_checkstack(L, b->count + 8))
+    luaL_error(L, "too many values to copy");
+  lua_pushcfunction(L, decode_k);
+  lua_pushlightuserdata(L, &d);
+  int status = lua_pcall(L, 1, b->count, 0);
+  weft_free(b->rt, d.frames, d.fcap * sizeof *d.frames);
+  if (status != LUA_OK) lua_error(L);
+  return b->count;
+}

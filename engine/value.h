@@ -1,0 +1,46 @@
+/*
+** value.h: copying Lua values between states (DESIGN.md, "Values crossing
+** states").  A value list is encoded out of one state into a buffer that
+** belongs to no state, and decoded into another state.
+**
+** A buffer is immutable once encoded and reference counted, so it may be
+** read by several threads at once and kept by shared objects (context
+** values, causes, later channel messages).
+*/
+#ifndef WEFT_VALUE_H
+#define WEFT_VALUE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <lua.h>
+
+#include "weft.h"
+
+typedef struct weft_buf weft_buf;
+
+/*
+** Encodes the n values at idx.. of L.  Value i is named root[i] in error
+** paths (root alone when n == 1 and index is false), e.g. "args[2].conn".
+** On a refused value raises "<path>: cannot copy <type>" in L; L's stack
+** is then as the raise leaves it and nothing leaks.  Call from the thread
+** running L, inside L's protected call (any Lua C function is).
+*/
+weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
+                          bool index);
+
+/*
+** Pushes the buffer's values onto L and returns how many.  May raise
+** (memory, or a C function missing in L): call inside L's protected call.
+** Any number of threads may decode one buffer at once.
+*/
+int weft_buf_decode(lua_State *L, const weft_buf *b);
+
+int weft_buf_count(const weft_buf *b);
+void weft_buf_retain(weft_buf *b);
+void weft_buf_release(weft_buf *b);  /* NULL is allowed */
+
+/* True when a and b encode the same bytes (for scalar keys). */
+bool weft_buf_equal(const weft_buf *a, const weft_buf *b);
+
+#endif

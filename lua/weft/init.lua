@@ -1,0 +1,27 @@
+--- weft: job orchestration for Lua 5.4 (see README.md and DESIGN.md).
+-- The C engine is weft.core; this module adds the Lua half on top of it.
+local core = require "weft.core"
+local duration = require "weft.duration"
+
+core._bind_duration(duration.parse)
+
+local weft = {}
+for k, v in pairs(core) do
+  if k:sub(1, 1) ~= "_" then weft[k] = v end
+end
+weft._VERSION = core._VERSION
+
+--- Seconds for a duration: a number (seconds, >= 0) or a string such as
+-- "250ms", "1.5s", "2m30s". Returns nil and a message for a malformed string.
+function weft.duration(d)
+  local t = type(d)
+  if t == "number" then
+    if d ~= d or d < 0 then return nil, "duration must be a number >= 0" end
+    return d
+  elseif t == "string" then
+    return duration.parse(d)
+  end
+  error(("bad argument #1 to 'duration' (number or string expected, got %s)"):format(t), 2)
+end
+
+return weft
