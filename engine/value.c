@@ -20,8 +20,10 @@
 ** T_TABLE narr nrec, key/value pairs, T_END, then its metatable (a value,
 ** nil for none).  A function is T_LFUNC, its bytecode, its upvalue count and
 ** each upvalue: a value, or T_UPJOIN fid n for an upvalue shared with
-** upvalue n of function fid.  The sender's globals table travels as
-** T_GLOBALS wherever it sits (so every _ENV binds to the receiver's).
+** upvalue n of function fid.  An upvalue named _ENV, whatever it holds
+** (the globals, a sandbox or module environment such as busted's), and the
+** sender's globals table wherever else it sits, travel as T_GLOBALS: the
+** receiver's globals (as load(string.dump(f)) binds a first upvalue).
 */
 #include "value.h"
 
@@ -272,6 +274,7 @@ static int refuse(enc *e, int v, const char *why) {
         what = "userdata";
       break;
     case LUA_TLIGHTUSERDATA: what = "light userdata"; break;
+    case LUA_TFUNCTION: what = "C function"; break;
     default: what = luaL_typename(L, v);
   }
   size_t nf = e->nframes;
@@ -494,8 +497,11 @@ static void step(enc *e) {
     const uint64_t fid = *pmap_get(&e->seen, lua_topointer(L, base));
     if (!pmap_put(e->b->rt, &e->seen, id, fid << 8 | (uint64_t)i))
       luaL_error(L, "not enough memory");
-    lua_getupvalue(L, base, i);
-    encode_value(e, base + 1);
+    const char *name = lua_getupvalue(L, base, i);
+    if (strcmp(name, "_ENV") == 0)  /* a sandbox or module env stays home */
+      put_byte(e, T_GLOBALS);
+    else
+      encode_value(e, base + 1);
     return;
   }
   switch (f->phase) {
@@ -674,10 +680,15 @@ static void push_cfunc(dec *d) {
     lua_remove(L, -2);
   }
   lua_remove(L, -2);
-  if (lua_tocfunction(L, -1) != fn) {
-    const char *field = modlen + 1 < len ? name + modlen + 1 : "";
-    luaL_error(L, "cannot copy C function %s%s%s: %s in the receiving state",
-               name, *field ? "." : "", field,
+  if (lua_tocfunction(L, -1) != fn) {  /* name it: "mod.field" or "mod" */
+    lua_pushlstring(L, name, modlen);
+    if (modlen + 1 < len) {
+      lua_pushliteral(L, ".");
+      lua_pushlstring(L, name + modlen + 1, len - modlen - 1);
+      lua_concat(L, 3);
+    }
+    luaL_error(L, "cannot copy C function %s: %s in the receiving state",
+               lua_tostring(L, -1),
                t == LUA_TNIL ? "its module is not loaded"
                              : "it is not the same function");
   }
