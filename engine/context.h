@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <lua.h>
 
@@ -53,7 +54,8 @@ weft_ctx *weft_ctx_background(weft_runtime *rt);
 */
 weft_ctx *weft_ctx_new(weft_runtime *rt, weft_ctx *parent, double deadline);
 
-/* A value child: key and value buffers are taken over (not retained). */
+/* A value child: key and value buffers are taken over (not retained),
+   also on failure (NULL, errno), when they are released. */
 weft_ctx *weft_ctx_with_value(weft_runtime *rt, weft_ctx *parent,
                               weft_buf *key, weft_buf *value);
 
@@ -81,6 +83,12 @@ void weft_ctx_remove_waiter(weft_ctx *c, weft_waiter *w);
 /* Blocks the calling thread until c ends or timeout seconds pass (INFINITY:
    no bound).  Returns whether c is done. */
 bool weft_ctx_wait(weft_ctx *c, double timeout);
+
+/* Test hooks (weft.core._ctx_children_count, weft.core._ctx_live): the
+   children currently linked under c; the contexts alive in rt, background
+   excluded.  Any thread. */
+size_t weft_ctx_debug_children(weft_ctx *c);
+long weft_ctx_debug_live(weft_runtime *rt);
 
 /* Lua side: push a handle, check an argument. */
 void weft_push_ctx(lua_State *L, weft_ctx *c);

@@ -13,6 +13,7 @@
 
 #include "binding.h"
 #include "context.h"
+#include "object.h"
 #include "runtime.h"
 #include "value.h"
 
@@ -39,24 +40,42 @@ double weft_check_duration(lua_State *L, int arg) {
 /* weft.copy(...): every argument through a buffer and back. */
 static int l_copy(lua_State *L) {
   int n = lua_gettop(L);
+  void **g = weft_guard_buf(L);  /* decoding may raise */
   weft_buf *b = weft_buf_encode(L, 1, n, "args", 1);
-  /* decoding may raise: the buffer must not leak, so hold it in a box */
-  weft_buf **box = lua_newuserdatauv(L, sizeof *box, 0);
-  *box = b;
-  luaL_setmetatable(L, "weft.buffer");
+  *g = b;
   int m = weft_buf_decode(L, b);
-  *box = NULL;
-  weft_buf_release(b);
+  weft_buf_release(weft_guard_take(g));
   return m;
 }
 
-static int buffer_gc(lua_State *L) {
-  weft_buf **box = lua_touserdata(L, 1);
-  if (*box != NULL) {
-    weft_buf_release(*box);
-    *box = NULL;
-  }
+#define GUARD_BUF "weft.guard.buffer"
+#define GUARD_OBJECT "weft.guard.object"
+
+static int guard_buf_gc(lua_State *L) {
+  weft_buf_release(weft_guard_take(lua_touserdata(L, 1)));
   return 0;
+}
+
+static int guard_object_gc(lua_State *L) {
+  weft_object *o = weft_guard_take(lua_touserdata(L, 1));
+  if (o != NULL) weft_release(o);
+  return 0;
+}
+
+static void **new_guard(lua_State *L, const char *mt) {
+  void **g = lua_newuserdatauv(L, sizeof *g, 0);
+  *g = NULL;
+  luaL_setmetatable(L, mt);
+  return g;
+}
+
+void **weft_guard_buf(lua_State *L) { return new_guard(L, GUARD_BUF); }
+void **weft_guard_object(lua_State *L) { return new_guard(L, GUARD_OBJECT); }
+
+void *weft_guard_take(void **g) {
+  void *p = *g;
+  *g = NULL;
+  return p;
 }
 
 static int l_now(lua_State *L) {
@@ -87,11 +106,13 @@ static const luaL_Reg funcs[] = {
 
 int luaopen_weft_core(lua_State *L) {
   weft_runtime_ensure(L);
-  if (luaL_newmetatable(L, "weft.buffer")) {
-    lua_pushcfunction(L, buffer_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  luaL_newmetatable(L, GUARD_BUF);
+  lua_pushcfunction(L, guard_buf_gc);
+  lua_setfield(L, -2, "__gc");
+  luaL_newmetatable(L, GUARD_OBJECT);
+  lua_pushcfunction(L, guard_object_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pop(L, 2);
   luaL_newlib(L, funcs);
   lua_pushliteral(L, WEFT_VERSION);
   lua_setfield(L, -2, "_VERSION");

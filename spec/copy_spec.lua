@@ -181,8 +181,8 @@ describe("weft.copy", function()
       -- a sandbox or module environment belongs to the sending state; the
       -- copy runs against the receiver's globals, as load(string.dump(f))
       local function make()
-        local _ENV = setmetatable({ y = 7 }, { __index = _G })
-        return function() return y, print end
+        local _ENV = setmetatable({ y = 7 }, { __index = _G }) -- luacheck: ignore 211
+        return function() return y, print end -- luacheck: ignore 113
       end
       local y, p = copy(make())()
       assert.is_nil(y)

@@ -1,0 +1,47 @@
+rockspec_format = "3.0"
+package = "weft"
+version = "scm-1"
+
+source = {
+  url = "git+https://github.com/weft-lua/weft",
+}
+
+description = {
+  summary = "Job orchestration for Lua 5.4: worker pools, contexts, error groups, channels",
+  detailed = [[
+weft runs Lua jobs in parallel on bounded pools of OS threads, each worker
+with its own lua_State, under a tree of cancellation contexts (Go's context
+package), with error groups, bounded channels and deadlock detection.
+The engine is written in C; durations are parsed by an LPeg grammar.
+]],
+  homepage = "https://github.com/weft-lua/weft",
+  license = "MIT",
+  labels = { "concurrency", "threads", "workers", "context" },
+}
+
+dependencies = {
+  "lua >= 5.4",
+  "lpeg",
+}
+
+build = {
+  type = "builtin",
+  modules = {
+    ["weft.core"] = {
+      sources = {
+        "engine/context.c",
+        "engine/lcontext.c",
+        "engine/lweft.c",
+        "engine/object.c",
+        "engine/runtime.c",
+        "engine/timer.c",
+        "engine/value.c",
+      },
+      defines = { "_GNU_SOURCE" },
+      libraries = { "pthread" },
+      incdirs = { "engine" },
+    },
+    weft = "lua/weft/init.lua",
+    ["weft.duration"] = "lua/weft/duration.lua",
+  },
+}
