@@ -30,12 +30,17 @@ build = {
     ["weft.core"] = {
       sources = {
         "engine/context.c",
+        "engine/future.c",
         "engine/lcontext.c",
+        "engine/lpool.c",
+        "engine/lwait.c",
         "engine/lweft.c",
         "engine/object.c",
+        "engine/pool.c",
         "engine/runtime.c",
         "engine/timer.c",
         "engine/value.c",
+        "engine/wait.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "pthread" },

@@ -5,6 +5,8 @@
 #ifndef WEFT_BINDING_H
 #define WEFT_BINDING_H
 
+#include <stdbool.h>
+
 #include <lua.h>
 
 /*
@@ -24,8 +26,40 @@ void **weft_guard_buf(lua_State *L);
 void **weft_guard_object(lua_State *L);
 void *weft_guard_take(void **g);
 
+/*
+** Blocking calls (lwait.c).  A blocking C function pushes a block, then
+** loops: reset it, check its condition, register the sources it waits on
+** (each on_* returns false when that source has already fired: check
+** again), and wait.  In a job's coroutine weft_block_wait yields and the
+** job resumes at k (which runs the loop again); elsewhere it blocks the
+** thread and returns.  The block's __gc unregisters whatever an error
+** left registered.
+*/
+struct weft_ctx;
+struct weft_future;
+struct weft_pool;
+typedef struct weft_block weft_block;
+
+weft_block *weft_block_new(lua_State *L);        /* pushes it */
+void weft_block_reset(weft_block *b);             /* unregisters all */
+/* Arms a timeout (once, before the loop); may raise. */
+void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds);
+bool weft_block_on_timeout(weft_block *b);        /* false: it expired */
+bool weft_block_on_ctx(weft_block *b, struct weft_ctx *c);
+bool weft_block_on_future(weft_block *b, struct weft_future *f);
+bool weft_block_on_admit(weft_block *b, struct weft_pool *p);
+bool weft_block_on_idle(weft_block *b, struct weft_pool *p);
+void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
+                     lua_KFunction k);
+
 /* Adds the context functions to the module table on top of the stack and
    registers the context metatable. */
 void weft_open_context(lua_State *L);
+
+/* ctx:wait([duration]): parks in a job, blocks elsewhere (lpool.c). */
+int weft_ctx_wait_lua(lua_State *L);
+
+/* Adds the pool and future functions (lpool.c). */
+void weft_open_pool(lua_State *L);
 
 #endif

@@ -13,6 +13,7 @@
 
 #include "object.h"
 #include "value.h"
+#include "wait.h"
 #include "weft.h"
 
 typedef struct weft_ctx weft_ctx;
@@ -21,18 +22,6 @@ enum { WEFT_LIVE = 0, WEFT_CANCELED = 1, WEFT_DEADLINE_EXCEEDED = 2 };
 
 #define WEFT_CANCELED_MSG "context canceled"
 #define WEFT_DEADLINE_MSG "context deadline exceeded"
-
-/*
-** A waiter is told once when its context ends.  wake() runs on the thread
-** that ends the context, with the context's lock held: it must be short,
-** must not block and must not touch contexts.  A waiter may be removed at
-** any time; after remove returns, wake is not running and will not run.
-*/
-typedef struct weft_waiter weft_waiter;
-struct weft_waiter {
-  weft_waiter *prev, *next;
-  void (*wake)(weft_waiter *w);
-};
 
 extern const weft_class weft_ctx_class;
 

@@ -188,16 +188,6 @@ static int m_value(lua_State *L) {
   return 1;
 }
 
-static int m_wait(lua_State *L) {
-  weft_ctx *c = weft_check_ctx(L, 1);
-  double timeout = lua_isnoneornil(L, 2) ? INFINITY : weft_check_duration(L, 2);
-  if (isinf(timeout) && !weft_ctx_can_end(c))
-    return luaL_error(L, "ctx:wait() without a timeout on a context that can "
-                         "never end would block forever");
-  lua_pushboolean(L, weft_ctx_wait(c, timeout));
-  return 1;
-}
-
 /* --- test hooks ---------------------------------------------------------- */
 
 static int l_children_count(lua_State *L) {
@@ -212,7 +202,7 @@ static int l_live(lua_State *L) {
 
 static const luaL_Reg methods[] = {
     {"err", m_err},           {"done", m_done},   {"cause", m_cause},
-    {"deadline", m_deadline}, {"value", m_value}, {"wait", m_wait},
+    {"deadline", m_deadline}, {"value", m_value}, {"wait", weft_ctx_wait_lua},
     {NULL, NULL},
 };
 

@@ -121,5 +121,6 @@ int luaopen_weft_core(lua_State *L) {
   lua_pushliteral(L, WEFT_DEADLINE_MSG);
   lua_setfield(L, -2, "DEADLINE_EXCEEDED");
   weft_open_context(L);
+  weft_open_pool(L);
   return 1;
 }

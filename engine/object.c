@@ -62,7 +62,7 @@ void weft_push_object(lua_State *L, weft_object *o) {
     return;
   }
   lua_pop(L, 1);
-  handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+  handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
   h->obj = NULL;  /* no reference until the metatable (and __gc) is set */
   luaL_setmetatable(L, o->cls->name);
   weft_retain(o);
@@ -85,6 +85,13 @@ weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls) {
   handle *h = luaL_checkudata(L, arg, cls->name);
   if (h->obj == NULL) luaL_argerror(L, arg, "handle already released");
   return h->obj;
+}
+
+weft_object *weft_handle_take(lua_State *L, int idx) {
+  handle *h = lua_touserdata(L, idx);
+  weft_object *o = h != NULL ? h->obj : NULL;
+  if (o != NULL) h->obj = NULL;
+  return o;
 }
 
 static int handle_gc(lua_State *L) {

@@ -44,6 +44,12 @@ void weft_push_object(lua_State *L, weft_object *o);
 /* The object of handle at idx if it is a weft handle of any class, else NULL. */
 weft_object *weft_to_object(lua_State *L, int idx);
 
+/*
+** Takes the reference out of the handle at idx (for a class's own __gc;
+** the caller releases it).  A handle has one user value its class may use.
+*/
+weft_object *weft_handle_take(lua_State *L, int idx);
+
 /* The object of class cls at arg, or raises a type error naming tname. */
 weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls);
 

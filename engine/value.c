@@ -24,6 +24,9 @@
 ** (the globals, a sandbox or module environment such as busted's), and the
 ** sender's globals table wherever else it sits, travel as T_GLOBALS: the
 ** receiver's globals (as load(string.dump(f)) binds a first upvalue).
+** A table that is a module in the sender's package.loaded travels by name
+** (T_MODULE): the receiver's package.loaded[name], required if need be;
+** C functions travel by name too (T_CFUNC), checked to be the same.
 */
 #include "value.h"
 
@@ -37,7 +40,7 @@
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_END, T_REF,
-  T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_HANDLE
+  T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_HANDLE, T_MODULE
 };
 
 struct weft_buf {
@@ -183,7 +186,7 @@ typedef struct enc {
   int arg;           /* value being encoded, 1-based */
 } enc;
 
-static const char cfunc_key = 0;  /* registry: C function -> "mod\0name" */
+static const char cfunc_key = 0;  /* registry: what package.loaded reaches */
 
 static void *grow(enc *e, void *p, size_t *cap, size_t need, size_t size) {
   size_t n = *cap ? *cap : 16;
@@ -322,15 +325,35 @@ static bool seen(enc *e, const void *p) {
   return false;
 }
 
-/* Pushes a new index of the C functions in package.loaded: f -> "mod\0name"
-   ("mod\0" for a module that is itself a C function). */
-static void build_cfunc_index(lua_State *L) {
+static const char count_key = 0;  /* index: entries of package.loaded */
+
+/* Entries in package.loaded (no allocation). */
+static lua_Integer count_loaded(lua_State *L) {
+  lua_Integer n = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    n++;
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+/*
+** Pushes a new index of what package.loaded reaches: each module table ->
+** "mod", each C function -> "mod\0name" ("mod\0" for a module that is
+** itself a C function), and at count_key the number of modules.
+*/
+static void build_index(lua_State *L) {
   lua_newtable(L);
   int index = lua_gettop(L);
+  lua_Integer count = 0;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, index + 1)) {  /* index loaded mod module */
     int mod = index + 2;
+    count++;
     if (lua_type(L, mod) == LUA_TSTRING && lua_iscfunction(L, mod + 1)) {
       lua_pushvalue(L, mod + 1);
       lua_pushvalue(L, mod);
@@ -338,6 +361,9 @@ static void build_cfunc_index(lua_State *L) {
       lua_concat(L, 2);
       lua_rawset(L, index);
     } else if (lua_type(L, mod) == LUA_TSTRING && lua_istable(L, mod + 1)) {
+      lua_pushvalue(L, mod + 1);
+      lua_pushvalue(L, mod);
+      lua_rawset(L, index);
       lua_pushnil(L);
       while (lua_next(L, mod + 1)) {  /* ... mod module name f */
         if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
@@ -358,30 +384,41 @@ static void build_cfunc_index(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  lua_pushinteger(L, count);
+  lua_rawsetp(L, index, &count_key);
+  lua_pushvalue(L, index);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
 }
 
-/* Finds the name of C function v in package.loaded: pushes "mod\0name", or
-   returns false.  The index is cached in the registry, rebuilt on a miss. */
-static bool cfunc_name(enc *e, int v) {
+/* Makes the index current at e->cfuncs: the cached one while
+   package.loaded holds as many modules as when it was built. */
+static void load_index(enc *e, bool rebuild) {
   lua_State *L = e->L;
-  if (lua_isnil(L, e->cfuncs)) {
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cfunc_key) != LUA_TTABLE) {
-      lua_pop(L, 1);
-      build_cfunc_index(L);
-      lua_pushvalue(L, -1);
-      lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
+  if (!rebuild && lua_rawgetp(L, LUA_REGISTRYINDEX, &cfunc_key) == LUA_TTABLE) {
+    lua_rawgetp(L, -1, &count_key);
+    bool fresh = lua_tointeger(L, -1) == count_loaded(L);
+    lua_pop(L, 1);
+    if (fresh) {
+      lua_replace(L, e->cfuncs);
+      return;
     }
-    lua_replace(L, e->cfuncs);
   }
+  lua_pop(L, rebuild ? 0 : 1);
+  build_index(L);
+  lua_replace(L, e->cfuncs);
+}
+
+/* The name of v (a C function or a table) in the index: pushes it, or
+   returns false.  A C function missing from the index rebuilds it once. */
+static bool loaded_name(enc *e, int v) {
+  lua_State *L = e->L;
+  if (lua_isnil(L, e->cfuncs)) load_index(e, false);
   for (int rebuilt = 0;; rebuilt = 1) {
     lua_pushvalue(L, v);
     if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) return true;
     lua_pop(L, 1);
-    if (rebuilt) return false;
-    build_cfunc_index(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
-    lua_replace(L, e->cfuncs);
+    if (rebuilt || !lua_iscfunction(L, v)) return false;
+    load_index(e, true);
   }
 }
 
@@ -414,6 +451,15 @@ static void encode_value(enc *e, int v) {
         put_byte(e, T_GLOBALS);
         break;
       }
+      if (loaded_name(e, v)) {  /* a module: by name */
+        size_t len;
+        const char *name = lua_tolstring(L, -1, &len);
+        put_byte(e, T_MODULE);
+        put_varint(e, len);
+        put_bytes(e, name, len);
+        lua_pop(L, 1);
+        break;
+      }
       if (seen(e, lua_topointer(L, v))) break;
       eframe *f = push_frame(e, F_TABLE, v);
       put_byte(e, T_TABLE);
@@ -424,7 +470,7 @@ static void encode_value(enc *e, int v) {
     }
     case LUA_TFUNCTION: {
       if (lua_iscfunction(L, v)) {
-        if (!cfunc_name(e, v))
+        if (!loaded_name(e, v))
           return (void)refuse(e, v, " (not found in package.loaded)");
         lua_CFunction fn = lua_tocfunction(L, v);
         size_t len;
@@ -694,6 +740,35 @@ static void push_cfunc(dec *d) {
   }
 }
 
+/* Under lua_pcall: require(1). */
+static int require_k(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_insert(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* A module, by name: the receiver's package.loaded[name], else require. */
+static void push_module(dec *d) {
+  lua_State *L = d->L;
+  size_t len = (size_t)get_varint(d);
+  const char *name = (const char *)d->b->data + d->pos;
+  d->pos += len;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, name, len);
+  if (lua_rawget(L, -2) != LUA_TNIL) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);  /* the name stays, for the message */
+  lua_pushcfunction(L, require_k);
+  lua_pushvalue(L, -2);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+    luaL_error(L, "cannot copy module '%s': %s", lua_tostring(L, -2),
+               lua_tostring(L, -1));
+  lua_remove(L, -2);
+}
+
 static void decode_value(dec *d) {
   lua_State *L = d->L;
   int tag = d->b->data[d->pos++];
@@ -743,6 +818,7 @@ static void decode_value(dec *d) {
       break;
     }
     case T_CFUNC: push_cfunc(d); break;
+    case T_MODULE: push_module(d); break;
     case T_GLOBALS: lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); break;
     case T_HANDLE:
       weft_push_object(L, d->b->handles[get_varint(d)]);

@@ -248,9 +248,29 @@ describe("weft.copy", function()
       assert.equal(string.format, copy(string.format))
       assert.equal(io.write, copy(io.write))
       assert.equal(require, copy(require))
-      local lib = copy(string)
-      assert.equal(string.format, lib.format)
-      assert.are_not.equal(string, lib)
+    end)
+
+    it("copies modules in package.loaded by name, not by value", function()
+      assert.equal(string, copy(string))
+      assert.equal(weft, copy(weft))
+      local function job() return weft.now, string.rep end
+      local now, rep = copy(job)()
+      assert.equal(weft.now, now)
+      assert.equal(string.rep, rep)
+      local r = copy { lib = string, list = { math } }
+      assert.equal(string, r.lib)
+      assert.equal(math, r.list[1])
+    end)
+
+    it("finds modules loaded after a first copy", function()
+      copy({})
+      local mod = { answer = 42 }
+      package.loaded["weft_spec_late"] = mod
+      assert.equal(mod, copy(mod))
+      package.loaded["weft_spec_late"] = nil
+      local r = copy(mod)
+      assert.are_not.equal(mod, r)
+      assert.equal(42, r.answer)
     end)
 
     it("refuses one that package.loaded does not reach", function()

@@ -1,0 +1,415 @@
+/*
+** lpool.c: the Lua binding of pools and futures (DESIGN.md, "Pools"):
+** weft.pool, pool:submit/try_submit/wait/close/stats, future:wait/done,
+** and weft.sleep.
+**
+** Owns: nothing shared (pools and futures live in pool.c, future.c).  The
+** state that made a pool owns it: its handle's __gc there closes the pool;
+** handles in other states only drop their reference.  Locking: none here;
+** arguments are checked and values encoded before any engine call.
+*/
+#include <math.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "binding.h"
+#include "context.h"
+#include "future.h"
+#include "pool.h"
+#include "runtime.h"
+
+#define SATURATED_MSG "saturated"
+#define CLOSED_MSG "closed"
+
+static weft_pool *check_pool(lua_State *L, int arg) {
+  return (weft_pool *)weft_check_object(L, arg, &weft_pool_class);
+}
+
+static weft_future *check_future(lua_State *L, int arg) {
+  return (weft_future *)weft_check_object(L, arg, &weft_future_class);
+}
+
+/* ---------------------------------------------------------------------- */
+/* weft.pool{...} */
+
+static int opt_int(lua_State *L, const char *key, int def, int min) {
+  int t = lua_getfield(L, 1, key);
+  int v = def;
+  if (t != LUA_TNIL) {
+    int isnum;
+    lua_Integer i = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || t != LUA_TNUMBER)
+      luaL_error(L, "bad option '%s' to 'pool' (integer expected, got %s)",
+                 key, luaL_typename(L, -1));
+    if (i < min || i > 1000000)
+      luaL_error(L, "bad option '%s' to 'pool' (must be between %d and 1000000)",
+                 key, min);
+    v = (int)i;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static const char *const pool_options[] = {
+    "workers", "limit", "queue", "init", "name", "on_panic", "hard_cancel",
+    "memory_limit", NULL};
+
+static void check_options(lua_State *L) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    lua_pop(L, 1);
+    const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    int known = 0;
+    for (int i = 0; k != NULL && pool_options[i] != NULL; i++)
+      known |= strcmp(k, pool_options[i]) == 0;
+    if (!known)
+      luaL_error(L, "bad argument #1 to 'pool' (unknown option %s)",
+                 luaL_tolstring(L, -1, NULL));
+  }
+  if (lua_getfield(L, 1, "memory_limit") != LUA_TNIL)
+    luaL_error(L, "bad option 'memory_limit' to 'pool' (not supported yet)");
+  lua_pop(L, 1);
+}
+
+static int l_pool(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  check_options(L);
+  lua_getglobal(L, "package");  /* the workers search where we search */
+  weft_pool_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  lua_getfield(L, 2, "path");
+  lua_getfield(L, 2, "cpath");
+  cfg.path = lua_tostring(L, 3);
+  cfg.cpath = lua_tostring(L, 4);
+  cfg.workers = opt_int(L, "workers", 0, 1);
+  if (cfg.workers == 0) {
+    lua_getfield(L, lua_upvalueindex(1), "ncpu");
+    lua_call(L, 0, 1);
+    cfg.workers = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  cfg.limit = opt_int(L, "limit", cfg.workers, 1);
+  if (cfg.limit < cfg.workers)
+    luaL_error(L, "bad option 'limit' to 'pool' (%d is less than workers, %d)",
+               cfg.limit, cfg.workers);
+  cfg.queue = opt_int(L, "queue", 0, 0);
+  int t = lua_getfield(L, 1, "name");
+  if (t != LUA_TNIL && t != LUA_TSTRING)
+    luaL_error(L, "bad option 'name' to 'pool' (string expected, got %s)",
+               luaL_typename(L, -1));
+  cfg.name = t == LUA_TSTRING ? lua_tostring(L, -1) : "pool";
+  t = lua_getfield(L, 1, "hard_cancel");
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN)
+    luaL_error(L, "bad option 'hard_cancel' to 'pool' (boolean expected, got %s)",
+               luaL_typename(L, -1));
+  cfg.hard_cancel = t == LUA_TNIL || lua_toboolean(L, -1);
+  t = lua_getfield(L, 1, "init");
+  if (t != LUA_TNIL && t != LUA_TFUNCTION && t != LUA_TSTRING)
+    luaL_error(L, "bad option 'init' to 'pool' (function or module name "
+                  "expected, got %s)", luaL_typename(L, -1));
+  t = lua_getfield(L, 1, "on_panic");
+  if (t != LUA_TNIL && t != LUA_TFUNCTION)
+    luaL_error(L, "bad option 'on_panic' to 'pool' (function expected, got %s)",
+               luaL_typename(L, -1));
+  int init = lua_gettop(L) - 1, on_panic = lua_gettop(L);
+  void **gi = weft_guard_buf(L);
+  void **gp = weft_guard_buf(L);
+  if (!lua_isnil(L, init)) *gi = weft_buf_encode(L, init, 1, "init", 0);
+  if (!lua_isnil(L, on_panic))
+    *gp = weft_buf_encode(L, on_panic, 1, "on_panic", 0);
+  weft_runtime *rt = weft_runtime_of(L);
+  cfg.init = weft_guard_take(gi);
+  cfg.on_panic = weft_guard_take(gp);
+  char err[300];
+  weft_pool *p = weft_pool_new(rt, &cfg, err, sizeof err);
+  if (p == NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  void **g = weft_guard_object(L);
+  *g = p;
+  weft_push_object(L, (weft_object *)p);
+  /* the owner's handle: its __gc closes the pool */
+  lua_pushboolean(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  weft_release(weft_guard_take(g));
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* submit */
+
+/* Pushes the future of a successful submit, or nil and the error. */
+static int submit_result(lua_State *L, int r, weft_future *f) {
+  switch (r) {
+    case WEFT_SUBMIT_OK:
+      weft_push_object(L, (weft_object *)f);
+      weft_future_release(f);
+      return 1;
+    case WEFT_SUBMIT_CLOSED:
+      lua_pushnil(L);
+      lua_pushliteral(L, CLOSED_MSG);
+      return 2;
+    case WEFT_SUBMIT_FULL:
+      lua_pushnil(L);
+      lua_pushliteral(L, SATURATED_MSG);
+      return 2;
+    default:
+      return luaL_error(L, "not enough memory");
+  }
+}
+
+/* Checks pool, ctx, fn; encodes fn and the arguments into a guard it
+   pushes (at the top). */
+static void **prepare_call(lua_State *L) {
+  check_pool(L, 1);
+  weft_check_ctx(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int n = lua_gettop(L) - 2;
+  void **g = weft_guard_buf(L);
+  *g = weft_buf_encode(L, 3, n, "args", 1);
+  return g;
+}
+
+static int p_try_submit(lua_State *L) {
+  void **g = prepare_call(L);
+  weft_future *f = NULL;
+  int r = weft_pool_try_submit(check_pool(L, 1), weft_check_ctx(L, 2), *g, &f);
+  if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
+  return submit_result(L, r, f);
+}
+
+/* stack: pool, ctx, ... , guard (call), block at kc */
+static int submit_k(lua_State *L, int status, lua_KContext kc) {
+  (void)status;
+  weft_block *b = lua_touserdata(L, (int)kc);
+  void **g = lua_touserdata(L, (int)kc - 1);
+  weft_pool *p = check_pool(L, 1);
+  weft_ctx *ctx = weft_check_ctx(L, 2);
+  for (;;) {
+    weft_block_reset(b);
+    int err = weft_ctx_err(ctx);
+    if (err != WEFT_LIVE) {
+      lua_pushnil(L);
+      lua_pushstring(L, weft_ctx_errmsg(err));
+      return 2;
+    }
+    weft_future *f = NULL;
+    int r = weft_pool_try_submit(p, ctx, *g, &f);
+    if (r != WEFT_SUBMIT_FULL) {
+      if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
+      return submit_result(L, r, f);
+    }
+    if (!weft_block_on_ctx(b, ctx) || !weft_block_on_admit(b, p)) continue;
+    weft_block_wait(L, b, kc, submit_k);
+  }
+}
+
+static int p_submit(lua_State *L) {
+  prepare_call(L);
+  weft_block_new(L);
+  return submit_k(L, LUA_OK, lua_gettop(L));
+}
+
+/* ---------------------------------------------------------------------- */
+/* wait, close, stats */
+
+static int idle_k(lua_State *L, int status, lua_KContext kc) {
+  (void)status;
+  weft_block *b = lua_touserdata(L, (int)kc);
+  weft_pool *p = check_pool(L, 1);
+  for (;;) {
+    weft_block_reset(b);
+    if (!weft_block_on_idle(b, p)) break;
+    weft_block_wait(L, b, kc, idle_k);
+  }
+  if (lua_toboolean(L, (int)kc - 1)) {  /* close: stop the workers */
+    weft_pool_join(p);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int wait_or_close(lua_State *L, int close) {
+  weft_pool *p = check_pool(L, 1);
+  if (weft_pool_is_worker(p))
+    return luaL_error(L, "pool '%s': %s from one of its own jobs would wait "
+                         "for itself", weft_pool_name(p),
+                      close ? "close" : "wait");
+  lua_settop(L, 1);
+  if (close) weft_pool_shutdown(p);
+  lua_pushboolean(L, close);
+  weft_block_new(L);
+  return idle_k(L, LUA_OK, 3);
+}
+
+static int p_wait(lua_State *L) { return wait_or_close(L, 0); }
+static int p_close(lua_State *L) { return wait_or_close(L, 1); }
+
+static int p_gc(lua_State *L) {
+  weft_pool *p = (weft_pool *)weft_to_object(L, 1);
+  if (p != NULL && lua_getiuservalue(L, 1, 1) == LUA_TBOOLEAN &&
+      lua_toboolean(L, -1) && !weft_pool_is_worker(p)) {
+    /* the owner's handle: close (never from inside the pool) */
+    lua_settop(L, 1);
+    weft_pool_shutdown(p);
+    lua_pushboolean(L, 1);
+    weft_block_new(L);
+    idle_k(L, LUA_OK, 3);
+  }
+  weft_object *o = weft_handle_take(L, 1);
+  if (o != NULL) weft_release(o);
+  return 0;
+}
+
+static int p_stats(lua_State *L) {
+  weft_pool_stats s;
+  weft_pool_get_stats(check_pool(L, 1), &s);
+  lua_createtable(L, 0, 12);
+#define FIELD(name)                            \
+  lua_pushinteger(L, (lua_Integer)s.name); \
+  lua_setfield(L, -2, #name)
+  FIELD(workers);
+  FIELD(limit);
+  FIELD(queue);
+  FIELD(running);
+  FIELD(parked);
+  FIELD(queued);
+  FIELD(inflight);
+  FIELD(submitted);
+  FIELD(completed);
+  FIELD(failed);
+  FIELD(panicked);
+  FIELD(canceled);
+#undef FIELD
+  return 1;
+}
+
+static int p_name(lua_State *L) {
+  lua_pushstring(L, weft_pool_name(check_pool(L, 1)));
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* futures */
+
+static int push_outcome(lua_State *L, weft_future *f) {
+  int state = weft_future_state(f);
+  lua_pushboolean(L, state == WEFT_FUT_OK);
+  return 1 + weft_buf_decode(L, weft_future_result(f));
+}
+
+/* stack: future, [ctx], block at kc */
+static int fwait_k(lua_State *L, int status, lua_KContext kc) {
+  (void)status;
+  weft_block *b = lua_touserdata(L, (int)kc);
+  weft_future *f = check_future(L, 1);
+  weft_ctx *ctx = lua_isnoneornil(L, 2) ? NULL : weft_check_ctx(L, 2);
+  for (;;) {
+    weft_block_reset(b);
+    if (weft_future_state(f) != WEFT_FUT_PENDING) return push_outcome(L, f);
+    if (ctx != NULL && weft_ctx_err(ctx) != WEFT_LIVE) {
+      lua_pushnil(L);
+      lua_pushstring(L, weft_ctx_errmsg(weft_ctx_err(ctx)));
+      return 2;
+    }
+    if (!weft_block_on_future(b, f)) continue;
+    if (ctx != NULL && !weft_block_on_ctx(b, ctx)) continue;
+    weft_block_wait(L, b, kc, fwait_k);
+  }
+}
+
+static int f_wait(lua_State *L) {
+  check_future(L, 1);
+  if (!lua_isnoneornil(L, 2)) weft_check_ctx(L, 2);
+  lua_settop(L, 2);
+  weft_block_new(L);
+  return fwait_k(L, LUA_OK, 3);
+}
+
+static int f_done(lua_State *L) {
+  lua_pushboolean(L, weft_future_state(check_future(L, 1)) != WEFT_FUT_PENDING);
+  return 1;
+}
+
+/* ---------------------------------------------------------------------- */
+/* weft.sleep(ctx, d) and ctx:wait([d]) */
+
+/* stack: ctx, d, block at 3; returns whether ctx ended */
+static int ctxwait_k(lua_State *L, int status, lua_KContext kc) {
+  (void)status;
+  weft_block *b = lua_touserdata(L, 3);
+  weft_ctx *ctx = weft_check_ctx(L, 1);
+  for (;;) {
+    weft_block_reset(b);
+    if (weft_ctx_err(ctx) != WEFT_LIVE) break;
+    if (!weft_block_on_timeout(b)) break;
+    if (!weft_block_on_ctx(b, ctx)) continue;
+    weft_block_wait(L, b, kc, ctxwait_k);
+  }
+  int err = weft_ctx_err(ctx);
+  if (kc == 1) {  /* weft.sleep: true, or nil and the context's error */
+    if (err == WEFT_LIVE) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, weft_ctx_errmsg(err));
+    return 2;
+  }
+  lua_pushboolean(L, err != WEFT_LIVE);
+  return 1;
+}
+
+static int l_sleep(lua_State *L) {
+  weft_check_ctx(L, 1);
+  double d = weft_check_duration(L, 2);
+  lua_settop(L, 2);
+  weft_block *b = weft_block_new(L);
+  weft_block_set_timeout(L, b, d);
+  return ctxwait_k(L, LUA_OK, 1);
+}
+
+/* ctx:wait([duration]) -> whether ctx is done */
+int weft_ctx_wait_lua(lua_State *L) {
+  weft_ctx *c = weft_check_ctx(L, 1);
+  double timeout = lua_isnoneornil(L, 2) ? INFINITY : weft_check_duration(L, 2);
+  if (isinf(timeout) && !weft_ctx_can_end(c))
+    return luaL_error(L, "ctx:wait() without a timeout on a context that can "
+                         "never end would block forever");
+  lua_settop(L, 2);
+  weft_block *b = weft_block_new(L);
+  weft_block_set_timeout(L, b, timeout);
+  return ctxwait_k(L, LUA_OK, 0);
+}
+
+/* ---------------------------------------------------------------------- */
+
+static const luaL_Reg pool_methods[] = {
+    {"submit", p_submit}, {"try_submit", p_try_submit}, {"wait", p_wait},
+    {"close", p_close},   {"stats", p_stats},           {"name", p_name},
+    {NULL, NULL}};
+
+static const luaL_Reg pool_meta[] = {
+    {"__gc", p_gc}, {"__close", p_close}, {NULL, NULL}};
+
+static const luaL_Reg future_methods[] = {
+    {"wait", f_wait}, {"done", f_done}, {NULL, NULL}};
+
+void weft_open_pool(lua_State *L) {
+  weft_new_class(L, &weft_pool_class, pool_methods, pool_meta);
+  weft_new_class(L, &weft_future_class, future_methods, NULL);
+  lua_pop(L, 2);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_pool, 1);  /* the module, for ncpu */
+  lua_setfield(L, -2, "pool");
+  lua_pushcfunction(L, l_sleep);
+  lua_setfield(L, -2, "sleep");
+  lua_pushliteral(L, SATURATED_MSG);
+  lua_setfield(L, -2, "SATURATED");
+  lua_pushliteral(L, CLOSED_MSG);
+  lua_setfield(L, -2, "CLOSED");
+}

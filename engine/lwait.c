@@ -1,0 +1,134 @@
+/*
+** lwait.c: the Lua side of blocking calls (binding.h, "Blocking calls"):
+** a block is a userdata holding the park of one waiting call and its
+** registrations with the sources it waits on.
+**
+** Owns: the block (and the deadline context of a timeout).  Locking: none
+** here; registration takes each source's lock, waking takes leaf locks
+** (wait.h).  Nothing registered survives a block: reset runs before every
+** check, and __gc runs it when an error unwinds past the call.
+*/
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "binding.h"
+#include "context.h"
+#include "future.h"
+#include "pool.h"
+#include "runtime.h"
+
+#define BLOCK_MT "weft.block"
+#define MAX_SOURCES 4
+
+enum { SRC_CTX, SRC_FUTURE, SRC_ADMIT, SRC_IDLE };
+
+struct weft_block {
+  weft_park park;
+  bool park_ready;
+  weft_ctx *timer;  /* a deadline context for the timeout, retained */
+  int n;
+  struct {
+    int kind;
+    void *obj;
+    weft_park_waiter pw;
+  } src[MAX_SOURCES];
+};
+
+void weft_block_reset(weft_block *b) {
+  for (int i = 0; i < b->n; i++) {
+    weft_waiter *w = &b->src[i].pw.w;
+    switch (b->src[i].kind) {
+      case SRC_CTX: weft_ctx_remove_waiter(b->src[i].obj, w); break;
+      case SRC_FUTURE: weft_future_remove_waiter(b->src[i].obj, w); break;
+      case SRC_ADMIT: weft_pool_remove_admit_waiter(b->src[i].obj, w); break;
+      default: weft_pool_remove_idle_waiter(b->src[i].obj, w);
+    }
+  }
+  b->n = 0;
+  if (b->park.job == NULL) b->park.woken = false;
+}
+
+static int block_gc(lua_State *L) {
+  weft_block *b = lua_touserdata(L, 1);
+  if (!b->park_ready) return 0;
+  weft_block_reset(b);
+  if (b->timer != NULL) weft_ctx_release(b->timer);
+  b->timer = NULL;
+  weft_park_destroy(&b->park);
+  b->park_ready = false;
+  return 0;
+}
+
+weft_block *weft_block_new(lua_State *L) {
+  weft_block *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  if (luaL_newmetatable(L, BLOCK_MT)) {
+    lua_pushcfunction(L, block_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  int e = weft_park_init(&b->park, L);
+  if (e != 0) luaL_error(L, "weft: cannot wait: %s", strerror(e));
+  b->park_ready = true;
+  return b;
+}
+
+void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
+  if (isinf(seconds) || b->timer != NULL) return;
+  weft_runtime *rt = weft_runtime_of(L);
+  b->timer = weft_ctx_new(rt, weft_ctx_background(rt), weft_now() + seconds);
+  if (b->timer == NULL) luaL_error(L, "weft: cannot arm a timeout: %s",
+                                   strerror(errno));
+}
+
+static weft_park_waiter *add(weft_block *b, int kind, void *obj) {
+  int i = b->n++;
+  b->src[i].kind = kind;
+  b->src[i].obj = obj;
+  weft_park_waiter_init(&b->src[i].pw, &b->park);
+  return &b->src[i].pw;
+}
+
+/* Registers with the result of adding: keeps it only when it was added. */
+#define REGISTER(b, kind, obj, addfn)                    \
+  do {                                                   \
+    weft_park_waiter *pw_ = add(b, kind, obj);           \
+    if (!addfn(obj, &pw_->w)) {                          \
+      b->n--;                                            \
+      return false;                                      \
+    }                                                    \
+    return true;                                         \
+  } while (0)
+
+bool weft_block_on_timeout(weft_block *b) {
+  if (b->timer == NULL) return true;
+  REGISTER(b, SRC_CTX, b->timer, weft_ctx_add_waiter);
+}
+
+bool weft_block_on_ctx(weft_block *b, weft_ctx *c) {
+  REGISTER(b, SRC_CTX, c, weft_ctx_add_waiter);
+}
+
+bool weft_block_on_future(weft_block *b, weft_future *f) {
+  REGISTER(b, SRC_FUTURE, f, weft_future_add_waiter);
+}
+
+bool weft_block_on_admit(weft_block *b, weft_pool *p) {
+  REGISTER(b, SRC_ADMIT, p, weft_pool_add_admit_waiter);
+}
+
+bool weft_block_on_idle(weft_block *b, weft_pool *p) {
+  REGISTER(b, SRC_IDLE, p, weft_pool_add_idle_waiter);
+}
+
+void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
+                     lua_KFunction k) {
+  if (b->park.job != NULL) {
+    weft_job_park(L, kctx, k);  /* yields: never returns */
+    return;
+  }
+  weft_park_block(&b->park);
+}

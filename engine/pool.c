@@ -1,0 +1,752 @@
+/*
+** pool.c: worker pools, their jobs and the workers' lua_States (pool.h).
+**
+** Owns: the pool (admission counters, the queue of admitted jobs not yet
+** started, the queue of jobs waiting for admission, admission and idle
+** waiters, statistics), its workers (thread, lua_State, the list of parked
+** jobs made runnable again) and the jobs.
+**
+** Locking: p->mu guards the pool's fields and each worker's idle flag and
+** link.  w->mu guards the worker's ready list, kick flag and each of its
+** jobs' parked / wake_pending flags; it is a leaf lock (taken under p->mu,
+** under a context's or a future's lock by weft_job_wake, never the other
+** way round).  p->mu is never held while a context's or future's lock is
+** taken, nor across any Lua call.  A worker's lua_State is touched only by
+** its own thread.
+*/
+#include "pool.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "runtime.h"
+
+typedef struct worker worker;
+
+struct weft_job {
+  weft_pool *pool;
+  weft_buf *call;          /* fn and arguments, until the job starts */
+  weft_ctx *ctx;           /* retained */
+  weft_future *future;     /* retained */
+  weft_job *next;          /* in one of the queues */
+  worker *w;               /* once started: the worker it lives on */
+  lua_State *co;
+  int co_ref;
+  bool parking;            /* worker thread: the yield is a park */
+  bool parked, wake_pending;  /* w->mu */
+};
+
+struct worker {
+  weft_pool *pool;
+  int index;
+  pthread_t thread;
+  bool started;
+  lua_State *L;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  weft_job *ready, *ready_tail;  /* mu: woken jobs, to resume */
+  bool kicked;                   /* mu */
+  weft_job *current;             /* the worker thread's own */
+  worker *idle_next;             /* p->mu */
+  bool idle;                     /* p->mu */
+};
+
+struct weft_pool {
+  weft_object obj;
+  weft_runtime *rt;
+  char name[64];
+  int nworkers, limit, queue;
+  bool hard_cancel;
+  weft_buf *init, *on_panic;
+  char *path, *cpath;
+  size_t path_len, cpath_len;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;         /* start-up and join handshakes */
+  int inflight, nqueued;
+  weft_job *newq, *newq_tail, *waitq, *waitq_tail;
+  weft_waiter *admit_waiters, *idle_waiters;
+  worker *idle;
+  worker *workers;
+  int nstarted;              /* workers that finished start-up */
+  char start_err[256];
+  bool shutdown, stopping, joining, joined;
+  atomic_long running, parked;
+  long submitted, completed, failed, panicked, canceled;
+};
+
+static const char worker_key = 0;    /* worker registry: the worker */
+static const char on_panic_key = 0;  /* worker registry: on_panic */
+
+/* ---------------------------------------------------------------------- */
+/* queues */
+
+static void push(weft_job **head, weft_job **tail, weft_job *j) {
+  j->next = NULL;
+  if (*tail != NULL)
+    (*tail)->next = j;
+  else
+    *head = j;
+  *tail = j;
+}
+
+static weft_job *pop(weft_job **head, weft_job **tail) {
+  weft_job *j = *head;
+  if (j != NULL) {
+    *head = j->next;
+    if (*head == NULL) *tail = NULL;
+    j->next = NULL;
+  }
+  return j;
+}
+
+/* Wakes one sleeping worker for a new job; p->mu held. */
+static void kick_idle(weft_pool *p) {
+  worker *w = p->idle;
+  if (w == NULL) return;
+  p->idle = w->idle_next;
+  w->idle = false;
+  pthread_mutex_lock(&w->mu);
+  w->kicked = true;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* ---------------------------------------------------------------------- */
+/* jobs */
+
+weft_job *weft_job_of(lua_State *L) {
+  worker *w = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
+    w = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (w == NULL || w->current == NULL || w->current->co != L ||
+      !lua_isyieldable(L))
+    return NULL;
+  return w->current;
+}
+
+void weft_job_wake(weft_job *j) {
+  worker *w = j->w;
+  pthread_mutex_lock(&w->mu);
+  if (j->parked) {
+    j->parked = false;
+    atomic_fetch_sub(&j->pool->parked, 1);
+    push(&w->ready, &w->ready_tail, j);
+    pthread_cond_signal(&w->cv);
+  } else {
+    j->wake_pending = true;  /* it has not parked yet: do not let it */
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k) {
+  weft_job_of(L)->parking = true;
+  return lua_yieldk(L, 0, kctx, k);
+}
+
+/* The job yielded to park: park it, unless it was woken meanwhile. */
+static void parked(worker *w, weft_job *j) {
+  pthread_mutex_lock(&w->mu);
+  if (j->wake_pending) {
+    j->wake_pending = false;
+    push(&w->ready, &w->ready_tail, j);
+  } else {
+    j->parked = true;
+    atomic_fetch_add(&j->pool->parked, 1);
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void job_free(weft_job *j) {
+  weft_runtime *rt = j->pool->rt;
+  weft_buf_release(j->call);
+  weft_ctx_release(j->ctx);
+  weft_future_release(j->future);
+  weft_free(rt, j, sizeof *j);
+}
+
+enum { OUT_COMPLETED, OUT_FAILED, OUT_PANICKED, OUT_CANCELED };
+
+/* Resolves the job's future, drops its coroutine, gives its slot back. */
+static void finish(worker *w, weft_job *j, int outcome, int state,
+                   weft_buf *result) {
+  weft_pool *p = w->pool;
+  if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
+  weft_future_resolve(j->future, state, result);
+  pthread_mutex_lock(&p->mu);
+  switch (outcome) {
+    case OUT_COMPLETED: p->completed++; break;
+    case OUT_FAILED: p->failed++; break;
+    case OUT_PANICKED: p->panicked++; break;
+    default: p->canceled++;
+  }
+  p->inflight--;
+  weft_job *next = pop(&p->waitq, &p->waitq_tail);
+  if (next != NULL) {  /* the first queued job takes the slot */
+    p->nqueued--;
+    p->inflight++;
+    push(&p->newq, &p->newq_tail, next);
+  }
+  weft_waiters_wake_all(&p->admit_waiters);
+  if (p->inflight == 0 && p->nqueued == 0)
+    weft_waiters_wake_all(&p->idle_waiters);
+  pthread_mutex_unlock(&p->mu);
+  job_free(j);
+}
+
+/* A buffer holding one string; NULL when out of memory. */
+static weft_buf *string_buf(lua_State *L, const char *s) {
+  lua_pushstring(L, s);
+  weft_buf *b = weft_buf_encode(L, -1, 1, "error", 0);
+  lua_pop(L, 1);
+  return b;
+}
+
+/* Under lua_pcall in the worker's state: 1 = the job.  Makes the job's
+   coroutine and puts fn, ctx, args... on it. */
+static int start_k(lua_State *L) {
+  weft_job *j = lua_touserdata(L, 1);
+  lua_State *co = lua_newthread(L);
+  j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* anchors co; pops it */
+  j->co = co;
+  int n = weft_buf_decode(co, j->call);
+  weft_push_object(co, (weft_object *)j->ctx);
+  lua_insert(co, 2);
+  lua_pushinteger(L, n + 1);  /* values on co, ctx included */
+  return 1;
+}
+
+/* Under lua_pcall: 1 = the error value, 2 = the dead coroutine.  Returns
+   the message and the traceback. */
+static int report_k(lua_State *L) {
+  lua_State *co = lua_tothread(L, 2);
+  if (lua_type(L, 1) == LUA_TSTRING || lua_type(L, 1) == LUA_TNUMBER) {
+    lua_pushvalue(L, 1);
+  } else if (luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "(error object is a %s value; its __tostring failed)",
+                      luaL_typename(L, 1));
+    }
+  } else {
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, co, NULL, 0);
+  return 2;
+}
+
+/* Under lua_pcall: 1 = the message, 2 = the traceback; encodes
+   "message\ntraceback" into *ud (3). */
+static int encode_error_k(lua_State *L) {
+  weft_buf **out = lua_touserdata(L, 3);
+  lua_settop(L, 2);
+  lua_pushliteral(L, "\n");
+  lua_insert(L, 2);
+  lua_concat(L, 3);
+  *out = weft_buf_encode(L, 1, 1, "error", 0);
+  return 0;
+}
+
+/* Under lua_pcall: 1 = the output, 2.. = the job's results. */
+static int encode_results_k(lua_State *L) {
+  weft_buf **out = lua_touserdata(L, 1);
+  *out = weft_buf_encode(L, 2, lua_gettop(L) - 1, "results", 1);
+  return 0;
+}
+
+/* The message of the error on top of L's stack, as a buffer (pops it). */
+static weft_buf *error_buf(lua_State *L) {
+  const char *msg = lua_tostring(L, -1);
+  weft_buf *b = string_buf(L, msg ? msg : "(error)");
+  lua_pop(L, 1);
+  return b;
+}
+
+static void panicked_job(worker *w, weft_job *j, int status) {
+  lua_State *L = w->L, *co = j->co;
+  weft_pool *p = w->pool;
+  int top = lua_gettop(L);
+  /* the error value, and the traceback of the dead coroutine */
+  lua_pushcfunction(L, report_k);
+  lua_xmove(co, L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
+  if (lua_pcall(L, 2, 2, 0) != LUA_OK) {
+    lua_settop(L, top);
+    lua_pushstring(L, status == LUA_ERRMEM ? "not enough memory" : "(error)");
+    lua_pushliteral(L, "");
+  }
+  int msg = top + 1, tb = top + 2;
+  /* pending to-be-closed variables of the coroutine */
+  if (lua_resetthread(co) != LUA_OK) lua_settop(co, 0);
+  if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* it ended with its context */
+    weft_buf *b = string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx)));
+    lua_settop(L, top);
+    finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, b);
+    return;
+  }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &on_panic_key) == LUA_TFUNCTION) {
+    lua_pushvalue(L, msg);
+    lua_pushvalue(L, tb);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      weft_log(p->rt, "weft pool '%s': error in on_panic: %s", p->name,
+               lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
+      lua_pop(L, 1);
+    }
+  } else {
+    lua_pop(L, 1);
+    weft_log(p->rt, "weft pool '%s': job panicked: %s\n%s", p->name,
+             lua_tostring(L, msg), lua_tostring(L, tb));
+  }
+  weft_buf *b = NULL;
+  lua_pushcfunction(L, encode_error_k);
+  lua_pushvalue(L, msg);
+  lua_pushvalue(L, tb);
+  lua_pushlightuserdata(L, &b);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) b = error_buf(L);
+  lua_settop(L, top);
+  finish(w, j, OUT_PANICKED, WEFT_FUT_ERROR, b);
+}
+
+/* Runs j on w until it finishes or parks. */
+static void run(worker *w, weft_job *j, bool start) {
+  lua_State *L = w->L;
+  weft_pool *p = w->pool;
+  int nargs = 0;
+  if (start) {
+    if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* ended while it waited */
+      finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR,
+             string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx))));
+      return;
+    }
+    j->w = w;
+    lua_pushcfunction(L, start_k);
+    lua_pushlightuserdata(L, j);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* could not be set up */
+      finish(w, j, OUT_FAILED, WEFT_FUT_ERROR, error_buf(L));
+      return;
+    }
+    nargs = (int)lua_tointeger(L, -1) - 1;
+    lua_pop(L, 1);
+    weft_buf_release(j->call);
+    j->call = NULL;
+  }
+  int nres = 0;
+  j->parking = false;
+  w->current = j;
+  atomic_fetch_add(&p->running, 1);
+  int status = lua_resume(j->co, L, nargs, &nres);
+  atomic_fetch_sub(&p->running, 1);
+  w->current = NULL;
+  if (status == LUA_YIELD && j->parking) {
+    parked(w, j);
+    return;
+  }
+  if (status == LUA_YIELD) {  /* coroutine.yield at the job's own level */
+    lua_settop(j->co, 0);
+    lua_pushliteral(j->co, "attempt to yield from a weft job "
+                           "(coroutine.yield outside a coroutine of the job)");
+    status = LUA_ERRRUN;
+  }
+  if (status != LUA_OK) {
+    panicked_job(w, j, status);
+  } else {
+    weft_buf *b = NULL;
+    lua_pushcfunction(L, encode_results_k);
+    lua_pushlightuserdata(L, &b);
+    lua_xmove(j->co, L, nres);
+    if (lua_pcall(L, nres + 1, 0, 0) != LUA_OK)
+      finish(w, j, OUT_FAILED, WEFT_FUT_ERROR, error_buf(L));
+    else
+      finish(w, j, OUT_COMPLETED, WEFT_FUT_OK, b);
+  }
+  /* j is gone; its coroutine goes with the next collection */
+}
+
+/* ---------------------------------------------------------------------- */
+/* workers */
+
+static int no_exit(lua_State *L) {
+  return luaL_error(L, "os.exit is not allowed in a weft worker "
+                       "(it would end the whole process); raise an error");
+}
+
+/* Under lua_pcall in a new worker state: 1 = the worker. */
+static int setup_k(lua_State *L) {
+  worker *w = lua_touserdata(L, 1);
+  weft_pool *p = w->pool;
+  luaL_openlibs(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, no_exit);
+  lua_setfield(L, -2, "exit");
+  lua_getglobal(L, "package");
+  lua_pushlstring(L, p->path, p->path_len);
+  lua_setfield(L, -2, "path");
+  lua_pushlstring(L, p->cpath, p->cpath_len);
+  lua_setfield(L, -2, "cpath");
+  lua_settop(L, 1);
+  lua_pushlightuserdata(L, w);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "weft");
+  lua_call(L, 1, 0);
+  if (p->on_panic != NULL) {
+    weft_buf_decode(L, p->on_panic);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &on_panic_key);
+  }
+  if (p->init != NULL) {
+    weft_buf_decode(L, p->init);
+    if (lua_type(L, -1) == LUA_TSTRING) {  /* a module to require */
+      lua_getglobal(L, "require");
+      lua_insert(L, -2);
+    }
+    lua_pushinteger(L, w->index + 1);
+    lua_call(L, lua_type(L, -3) == LUA_TFUNCTION ? 2 : 1, 0);
+  }
+  return 0;
+}
+
+static bool worker_open(worker *w, char *err, size_t errlen) {
+  weft_runtime *rt = w->pool->rt;
+  lua_State *L = lua_newstate(rt->alloc, rt->alloc_ud);
+  if (L == NULL) {
+    snprintf(err, errlen, "not enough memory");
+    return false;
+  }
+  if (weft_runtime_open(rt, L) != 0) {
+    snprintf(err, errlen, "not enough memory");
+    lua_close(L);
+    return false;
+  }
+  lua_pushcfunction(L, setup_k);
+  lua_pushlightuserdata(L, w);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    snprintf(err, errlen, "%s", m ? m : "(error)");
+    lua_close(L);
+    return false;
+  }
+  w->L = L;
+  return true;
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  weft_pool *p = w->pool;
+  char err[200];
+  bool ok = worker_open(w, err, sizeof err);
+  pthread_mutex_lock(&p->mu);
+  if (!ok && p->start_err[0] == '\0')
+    snprintf(p->start_err, sizeof p->start_err, "worker %d: %s", w->index + 1,
+             err);
+  p->nstarted++;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  if (!ok) return NULL;
+  for (;;) {
+    pthread_mutex_lock(&w->mu);
+    weft_job *j = pop(&w->ready, &w->ready_tail);
+    pthread_mutex_unlock(&w->mu);
+    if (j != NULL) {
+      run(w, j, false);
+      continue;
+    }
+    pthread_mutex_lock(&p->mu);
+    j = pop(&p->newq, &p->newq_tail);
+    if (j != NULL) {
+      pthread_mutex_unlock(&p->mu);
+      run(w, j, true);
+      lua_gc(w->L, LUA_GCSTEP, 0);  /* no creep from job to job */
+      continue;
+    }
+    if (p->stopping) {
+      pthread_mutex_unlock(&p->mu);
+      break;
+    }
+    if (!w->idle) {
+      w->idle = true;
+      w->idle_next = p->idle;
+      p->idle = w;
+    }
+    pthread_mutex_lock(&w->mu);
+    pthread_mutex_unlock(&p->mu);
+    while (w->ready == NULL && !w->kicked) pthread_cond_wait(&w->cv, &w->mu);
+    w->kicked = false;
+    pthread_mutex_unlock(&w->mu);
+  }
+  lua_close(w->L);
+  w->L = NULL;
+  return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* pools */
+
+static void pool_destroy(weft_object *o);
+
+const weft_class weft_pool_class = {"weft.pool", pool_destroy};
+
+static char *dup_string(weft_runtime *rt, const char *s, size_t *len) {
+  *len = strlen(s ? s : "");
+  char *d = weft_alloc(rt, *len + 1);
+  if (d != NULL) memcpy(d, s ? s : "", *len + 1);
+  return d;
+}
+
+static void pool_free(weft_pool *p) {
+  weft_runtime *rt = p->rt;
+  for (int i = 0; i < p->nworkers; i++) {
+    pthread_cond_destroy(&p->workers[i].cv);
+    pthread_mutex_destroy(&p->workers[i].mu);
+  }
+  weft_free(rt, p->workers, (size_t)p->nworkers * sizeof *p->workers);
+  weft_free(rt, p->path, p->path_len + 1);
+  weft_free(rt, p->cpath, p->cpath_len + 1);
+  weft_buf_release(p->init);
+  weft_buf_release(p->on_panic);
+  pthread_cond_destroy(&p->cv);
+  pthread_mutex_destroy(&p->mu);
+  weft_free(rt, p, sizeof *p);
+  weft_runtime_release(rt);
+}
+
+weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
+                         char *err, size_t errlen) {
+  weft_pool *p = weft_alloc(rt, sizeof *p);
+  if (p == NULL) {
+    weft_buf_release(cfg->init);
+    weft_buf_release(cfg->on_panic);
+    snprintf(err, errlen, "not enough memory");
+    return NULL;
+  }
+  memset(p, 0, sizeof *p);
+  weft_object_init(&p->obj, &weft_pool_class);
+  weft_runtime_retain(rt);
+  p->rt = rt;
+  snprintf(p->name, sizeof p->name, "%s", cfg->name ? cfg->name : "pool");
+  p->limit = cfg->limit;
+  p->queue = cfg->queue;
+  p->hard_cancel = cfg->hard_cancel;
+  p->init = cfg->init;
+  p->on_panic = cfg->on_panic;
+  atomic_init(&p->running, 0);
+  atomic_init(&p->parked, 0);
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  p->path = dup_string(rt, cfg->path, &p->path_len);
+  p->cpath = dup_string(rt, cfg->cpath, &p->cpath_len);
+  p->workers = weft_alloc(rt, (size_t)cfg->workers * sizeof *p->workers);
+  if (p->path == NULL || p->cpath == NULL || p->workers == NULL) {
+    pool_free(p);
+    snprintf(err, errlen, "not enough memory");
+    return NULL;
+  }
+  memset(p->workers, 0, (size_t)cfg->workers * sizeof *p->workers);
+  p->nworkers = cfg->workers;
+  int started = 0;
+  for (int i = 0; i < p->nworkers; i++) {
+    worker *w = &p->workers[i];
+    w->pool = p;
+    w->index = i;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+  }
+  /* workers never take signals meant for the host's threads */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  for (int i = 0; i < p->nworkers; i++) {
+    worker *w = &p->workers[i];
+    int e = pthread_create(&w->thread, NULL, worker_main, w);
+    if (e != 0) {
+      snprintf(p->start_err, sizeof p->start_err,
+               "cannot start worker thread: %s", strerror(e));
+      break;
+    }
+    w->started = true;
+    started++;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  pthread_mutex_lock(&p->mu);
+  while (p->nstarted < started) pthread_cond_wait(&p->cv, &p->mu);
+  bool failed = p->start_err[0] != '\0';
+  pthread_mutex_unlock(&p->mu);
+  if (failed) {
+    snprintf(err, errlen, "%s", p->start_err);
+    weft_pool_shutdown(p);
+    weft_pool_join(p);
+    pool_free(p);
+    return NULL;
+  }
+  return p;
+}
+
+int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
+                         weft_future **out) {
+  weft_runtime *rt = p->rt;
+  weft_job *j = weft_alloc(rt, sizeof *j);
+  weft_future *f = weft_future_new(rt);
+  if (j == NULL || f == NULL) {
+    weft_free(rt, j, j ? sizeof *j : 0);
+    if (f != NULL) weft_future_release(f);
+    return WEFT_SUBMIT_NOMEM;
+  }
+  memset(j, 0, sizeof *j);
+  j->co_ref = LUA_NOREF;
+  j->pool = p;
+  j->call = call;
+  j->ctx = ctx;
+  j->future = f;
+  int r = WEFT_SUBMIT_OK;
+  pthread_mutex_lock(&p->mu);
+  if (p->shutdown) {
+    r = WEFT_SUBMIT_CLOSED;
+  } else if (p->inflight < p->limit) {
+    p->inflight++;
+    push(&p->newq, &p->newq_tail, j);
+    kick_idle(p);
+  } else if (p->nqueued < p->queue) {
+    p->nqueued++;
+    push(&p->waitq, &p->waitq_tail, j);
+  } else {
+    r = WEFT_SUBMIT_FULL;
+  }
+  if (r == WEFT_SUBMIT_OK) {
+    p->submitted++;
+    weft_ctx_retain(ctx);
+    weft_future_retain(f);  /* one for the job, one for the caller */
+  }
+  pthread_mutex_unlock(&p->mu);
+  if (r != WEFT_SUBMIT_OK) {
+    weft_free(rt, j, sizeof *j);
+    weft_future_release(f);
+    return r;
+  }
+  *out = f;
+  return r;
+}
+
+bool weft_pool_add_admit_waiter(weft_pool *p, weft_waiter *w) {
+  pthread_mutex_lock(&p->mu);
+  bool full = !p->shutdown && p->inflight >= p->limit && p->nqueued >= p->queue;
+  if (full) weft_waiters_add(&p->admit_waiters, w);
+  pthread_mutex_unlock(&p->mu);
+  return full;
+}
+
+void weft_pool_remove_admit_waiter(weft_pool *p, weft_waiter *w) {
+  pthread_mutex_lock(&p->mu);
+  weft_waiters_remove(&p->admit_waiters, w);
+  pthread_mutex_unlock(&p->mu);
+}
+
+bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w) {
+  pthread_mutex_lock(&p->mu);
+  bool busy = p->inflight > 0 || p->nqueued > 0;
+  if (busy) weft_waiters_add(&p->idle_waiters, w);
+  pthread_mutex_unlock(&p->mu);
+  return busy;
+}
+
+void weft_pool_remove_idle_waiter(weft_pool *p, weft_waiter *w) {
+  pthread_mutex_lock(&p->mu);
+  weft_waiters_remove(&p->idle_waiters, w);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void weft_pool_shutdown(weft_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  p->shutdown = true;
+  weft_waiters_wake_all(&p->admit_waiters);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void weft_pool_join(weft_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  if (p->joining) {  /* another thread joins: wait for it */
+    while (!p->joined) pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    return;
+  }
+  p->joining = true;
+  p->stopping = true;
+  while (p->idle != NULL) kick_idle(p);
+  pthread_mutex_unlock(&p->mu);
+  for (int i = 0; i < p->nworkers; i++) {
+    worker *w = &p->workers[i];
+    if (!w->started) continue;
+    pthread_mutex_lock(&w->mu);
+    w->kicked = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    w->started = false;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->joined = true;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+bool weft_pool_is_worker(weft_pool *p) {
+  for (int i = 0; i < p->nworkers; i++)
+    if (p->workers[i].started && pthread_equal(p->workers[i].thread, pthread_self()))
+      return true;
+  return false;
+}
+
+const char *weft_pool_name(weft_pool *p) { return p->name; }
+
+void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
+  pthread_mutex_lock(&p->mu);
+  s->workers = p->nworkers;
+  s->limit = p->limit;
+  s->queue = p->queue;
+  s->inflight = p->inflight;
+  s->queued = p->nqueued;
+  s->submitted = p->submitted;
+  s->completed = p->completed;
+  s->failed = p->failed;
+  s->panicked = p->panicked;
+  s->canceled = p->canceled;
+  pthread_mutex_unlock(&p->mu);
+  s->running = atomic_load(&p->running);
+  s->parked = atomic_load(&p->parked);
+}
+
+/* Blocks the calling thread until p is idle. */
+static void wait_idle(weft_pool *p) {
+  weft_park park;
+  park.job = NULL;
+  park.woken = false;
+  pthread_mutex_init(&park.mu, NULL);
+  pthread_cond_init(&park.cv, NULL);
+  weft_park_waiter pw;
+  weft_park_waiter_init(&pw, &park);
+  while (weft_pool_add_idle_waiter(p, &pw.w)) {
+    weft_park_block(&park);
+    weft_pool_remove_idle_waiter(p, &pw.w);
+  }
+  weft_park_destroy(&park);
+}
+
+static void pool_destroy(weft_object *o) {
+  weft_pool *p = (weft_pool *)o;
+  if (!p->joined) {  /* never closed: close it now, from this thread */
+    if (weft_pool_is_worker(p)) {
+      weft_log(p->rt, "weft pool '%s': dropped by its own job; leaked", p->name);
+      return;
+    }
+    weft_pool_shutdown(p);
+    wait_idle(p);
+    weft_pool_join(p);
+  }
+  pool_free(p);
+}

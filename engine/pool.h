@@ -1,0 +1,91 @@
+/*
+** pool.h: bounded pools of Lua workers (DESIGN.md, "Pools").
+**
+** A pool has `workers` threads, each owning one lua_State for its whole
+** life; it admits at most `limit` jobs at once (running, parked, or
+** admitted and waiting for a thread) and lets `queue` more wait for
+** admission.  A job runs as a coroutine of one worker's state; when it
+** parks in a blocking weft call, its worker runs other jobs and resumes
+** it on the same worker once woken.
+*/
+#ifndef WEFT_POOL_H
+#define WEFT_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <lua.h>
+
+#include "context.h"
+#include "future.h"
+#include "object.h"
+#include "value.h"
+#include "wait.h"
+#include "weft.h"
+
+typedef struct weft_pool weft_pool;
+typedef struct weft_job weft_job;
+
+extern const weft_class weft_pool_class;
+
+typedef struct weft_pool_config {
+  int workers, limit, queue;
+  bool hard_cancel;
+  const char *name;      /* copied */
+  weft_buf *init;        /* a function, or a module name; may be NULL */
+  weft_buf *on_panic;    /* a function; may be NULL (log it) */
+  const char *path;      /* package.path and cpath for the workers */
+  const char *cpath;
+} weft_pool_config;
+
+/*
+** Starts the workers and runs init in each; returns once all are ready.
+** On failure returns NULL and a message in err.  The config's buffers are
+** taken over in every case.  Any thread.
+*/
+weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
+                         char *err, size_t errlen);
+
+enum { WEFT_SUBMIT_OK = 0, WEFT_SUBMIT_FULL, WEFT_SUBMIT_CLOSED,
+       WEFT_SUBMIT_NOMEM };
+
+/*
+** Admits the call (fn and arguments, taken over on success) to run as
+** fn(ctx, ...), or queues it; never blocks.  On success *out is the job's
+** future (a new reference).  Any thread.
+*/
+int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
+                         weft_future **out);
+
+/* Waiters for room to submit (false: there is room, or p is closing). */
+bool weft_pool_add_admit_waiter(weft_pool *p, weft_waiter *w);
+void weft_pool_remove_admit_waiter(weft_pool *p, weft_waiter *w);
+
+/* Waiters for the pool to be idle (false: it is idle now). */
+bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w);
+void weft_pool_remove_idle_waiter(weft_pool *p, weft_waiter *w);
+
+/* Stops admission (submit fails from now on, blocked submits wake). */
+void weft_pool_shutdown(weft_pool *p);
+/* After shutdown and once idle: stops and joins the workers.  Not from a
+   worker of p. */
+void weft_pool_join(weft_pool *p);
+bool weft_pool_is_worker(weft_pool *p);  /* the caller is one of p's */
+const char *weft_pool_name(weft_pool *p);
+
+typedef struct weft_pool_stats {
+  long workers, limit, queue, running, parked, queued, inflight;
+  long submitted, completed, failed, panicked, canceled;
+} weft_pool_stats;
+
+void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s);
+
+/* The job whose own coroutine L is, when it may yield; else NULL. */
+weft_job *weft_job_of(lua_State *L);
+/* Makes a parked job runnable (or marks the wake-up if it has not parked
+   yet).  Any thread; takes only its worker's (leaf) lock. */
+void weft_job_wake(weft_job *j);
+/* Yields the job of L to its worker, to be resumed at k. */
+int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k);
+
+#endif

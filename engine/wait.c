@@ -1,0 +1,91 @@
+/*
+** wait.c: waiter lists and parks (wait.h).
+**
+** Owns: nothing shared.  Locking: waiter lists are guarded by their
+** source's lock (held by the callers); a thread park's mutex is a leaf
+** lock; a job park is woken through the job's worker (pool.c, leaf lock).
+*/
+#include "wait.h"
+
+#include <time.h>
+
+#include "pool.h"
+
+void weft_waiters_add(weft_waiter **head, weft_waiter *w) {
+  w->prev = NULL;
+  w->next = *head;
+  if (*head != NULL) (*head)->prev = w;
+  *head = w;
+}
+
+void weft_waiters_remove(weft_waiter **head, weft_waiter *w) {
+  if (w->prev != NULL)
+    w->prev->next = w->next;
+  else if (*head == w)
+    *head = w->next;
+  else
+    return;  /* not listed: woken already, or never added */
+  if (w->next != NULL) w->next->prev = w->prev;
+  w->prev = w->next = NULL;
+}
+
+void weft_waiters_wake_all(weft_waiter **head) {
+  weft_waiter *w = *head;
+  *head = NULL;
+  while (w != NULL) {
+    weft_waiter *next = w->next;
+    w->prev = w->next = NULL;
+    w->wake(w);
+    w = next;
+  }
+}
+
+int weft_park_init(weft_park *p, lua_State *L) {
+  p->woken = false;
+  p->job = weft_job_of(L);
+  if (p->job != NULL) return 0;
+  int e = pthread_mutex_init(&p->mu, NULL);
+  if (e != 0) return e;
+  pthread_condattr_t a;
+  if ((e = pthread_condattr_init(&a)) == 0) {
+    e = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    if (e == 0) e = pthread_cond_init(&p->cv, &a);
+    pthread_condattr_destroy(&a);
+  }
+  if (e != 0) pthread_mutex_destroy(&p->mu);
+  return e;
+}
+
+void weft_park_destroy(weft_park *p) {
+  if (p->job != NULL) return;
+  pthread_cond_destroy(&p->cv);
+  pthread_mutex_destroy(&p->mu);
+}
+
+void weft_park_wake(weft_park *p) {
+  if (p->job != NULL) {
+    weft_job_wake(p->job);
+    return;
+  }
+  pthread_mutex_lock(&p->mu);
+  p->woken = true;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+void weft_park_block(weft_park *p) {
+  pthread_mutex_lock(&p->mu);
+  while (!p->woken) pthread_cond_wait(&p->cv, &p->mu);
+  p->woken = false;
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void park_waiter_wake(weft_waiter *w) {
+  weft_park_wake(((weft_park_waiter *)w)->park);
+}
+
+void weft_park_waiter_init(weft_park_waiter *pw, weft_park *p) {
+  pw->w.prev = pw->w.next = NULL;
+  pw->w.wake = park_waiter_wake;
+  pw->park = p;
+}

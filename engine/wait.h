@@ -1,0 +1,64 @@
+/*
+** wait.h: how blocking calls wait.  Every source a call can wait on (a
+** context ending, a future resolving, a pool admitting) keeps a list of
+** waiters and wakes them; every waiting call parks: a job coroutine yields
+** to its worker (which runs other jobs meanwhile and resumes it on the
+** same worker), anything else blocks its thread on a condition variable.
+*/
+#ifndef WEFT_WAIT_H
+#define WEFT_WAIT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include <lua.h>
+
+/*
+** A waiter is told once when its source fires.  wake() runs on the
+** thread that fires the source, with the source's lock held: it must be
+** short, must not block, and may take only leaf locks (a park's).  After
+** the source's remove returns, wake is not running and will not run.
+*/
+typedef struct weft_waiter weft_waiter;
+struct weft_waiter {
+  weft_waiter *prev, *next;
+  void (*wake)(weft_waiter *w);
+};
+
+/* Intrusive waiter lists; the caller holds the source's lock. */
+void weft_waiters_add(weft_waiter **head, weft_waiter *w);
+void weft_waiters_remove(weft_waiter **head, weft_waiter *w);  /* if listed */
+void weft_waiters_wake_all(weft_waiter **head);
+
+struct weft_job;
+
+/*
+** A park: one waiting call.  Thread mode (job == NULL): a mutex and a
+** CLOCK_MONOTONIC condvar.  Job mode: the job coroutine yields and its
+** worker parks it; weft_park_wake makes it runnable again.
+*/
+typedef struct weft_park {
+  struct weft_job *job;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool woken;
+} weft_park;
+
+/* Sets p up for the calling context of L (job mode when L is a job's own
+   coroutine and may yield).  0 or an errno. */
+int weft_park_init(weft_park *p, lua_State *L);
+void weft_park_destroy(weft_park *p);
+/* Marks p woken; any thread, leaf lock only. */
+void weft_park_wake(weft_park *p);
+/* Thread mode: blocks until woken (then clears the flag). */
+void weft_park_block(weft_park *p);
+
+/* A waiter that wakes a park. */
+typedef struct weft_park_waiter {
+  weft_waiter w;
+  weft_park *park;
+} weft_park_waiter;
+
+void weft_park_waiter_init(weft_park_waiter *pw, weft_park *p);
+
+#endif
