@@ -127,6 +127,11 @@ bool weft_block_on_idle(weft_block *b, weft_pool *p) {
 void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
                      lua_KFunction k) {
   if (b->park.job != NULL) {
+    int err = weft_job_canceled(b->park.job);
+    if (err != WEFT_LIVE) {  /* hard cancel reaches parked jobs too */
+      weft_block_reset(b);
+      luaL_error(L, "%s", weft_ctx_errmsg(err));
+    }
     weft_job_park(L, kctx, k);  /* yields: never returns */
     return;
   }

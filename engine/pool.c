@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -41,6 +42,8 @@ struct weft_job {
   int co_ref;
   bool parking;            /* worker thread: the yield is a park */
   bool parked, wake_pending;  /* w->mu */
+  weft_waiter cancel;      /* on ctx while it runs (hard cancel) */
+  bool watching;           /* cancel is registered */
 };
 
 struct worker {
@@ -53,7 +56,7 @@ struct worker {
   pthread_cond_t cv;
   weft_job *ready, *ready_tail;  /* mu: woken jobs, to resume */
   bool kicked;                   /* mu */
-  weft_job *current;             /* the worker thread's own */
+  _Atomic(weft_job *) current;   /* written by the worker thread only */
   worker *idle_next;             /* p->mu */
   bool idle;                     /* p->mu */
 };
@@ -119,6 +122,75 @@ static void kick_idle(weft_pool *p) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* hard cancel
+**
+** A running job whose context ends is interrupted at its next Lua
+** instruction by a count hook, installed only then: no cost while nothing
+** is canceled.  The canceling thread never touches the job's lua_State:
+** it sends CANCEL_SIGNAL to the worker thread, whose handler installs the
+** hook on the job's coroutine, from that same thread.  This is the use of
+** lua_sethook that Lua documents as safe (lua.c does it from SIGINT);
+** calling lua_sethook from another thread would walk the coroutine's
+** CallInfo list while its owner may free entries of it (luaE_shrinkCI).
+** The hook stays: a pcall that swallows the error meets it again at its
+** next instruction.  A worker about to run a job whose context already
+** ended installs the hook itself; the fences make sure that either the
+** canceler sees the job running (and signals) or the worker sees the
+** context done.  When the host already handles CANCEL_SIGNAL, weft leaves
+** it alone and hard cancel only acts at the job's next weft call.
+*/
+
+#define CANCEL_SIGNAL SIGURG  /* ignored by default; Go preempts with it */
+
+static _Thread_local worker *tls_worker;  /* a worker thread's own */
+
+static void cancel_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  worker *w = tls_worker;
+  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
+  if (j == NULL || j->co != L) return;
+  int err = weft_ctx_err(j->ctx);
+  if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
+}
+
+static void arm_hook(lua_State *co) {
+  lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
+}
+
+static void on_cancel_signal(int sig) {
+  (void)sig;
+  worker *w = tls_worker;
+  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
+  if (j != NULL && weft_ctx_err(j->ctx) != WEFT_LIVE) arm_hook(j->co);
+}
+
+/* Installs the handler unless someone else handles the signal. */
+static bool install_cancel_signal(void) {
+  struct sigaction old, sa;
+  if (sigaction(CANCEL_SIGNAL, NULL, &old) != 0) return false;
+  if (old.sa_handler == on_cancel_signal) return true;
+  if ((old.sa_flags & SA_SIGINFO) ||
+      (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN))
+    return false;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_cancel_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  return sigaction(CANCEL_SIGNAL, &sa, NULL) == 0;
+}
+
+/* The job's context ended (under its lock): wake it if parked, interrupt
+   it if running. */
+static void cancel_wake(weft_waiter *wt) {
+  weft_job *j = (weft_job *)((char *)wt - offsetof(weft_job, cancel));
+  worker *w = j->w;
+  weft_job_wake(j);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load(&w->current) == j && j->pool->hard_cancel)
+    pthread_kill(w->thread, CANCEL_SIGNAL);
+}
+
+/* ---------------------------------------------------------------------- */
 /* jobs */
 
 weft_job *weft_job_of(lua_State *L) {
@@ -126,10 +198,9 @@ weft_job *weft_job_of(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
     w = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (w == NULL || w->current == NULL || w->current->co != L ||
-      !lua_isyieldable(L))
-    return NULL;
-  return w->current;
+  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
+  if (j == NULL || j->co != L || !lua_isyieldable(L)) return NULL;
+  return j;
 }
 
 void weft_job_wake(weft_job *j) {
@@ -144,6 +215,10 @@ void weft_job_wake(weft_job *j) {
     j->wake_pending = true;  /* it has not parked yet: do not let it */
   }
   pthread_mutex_unlock(&w->mu);
+}
+
+int weft_job_canceled(weft_job *j) {
+  return j->pool->hard_cancel ? weft_ctx_err(j->ctx) : WEFT_LIVE;
 }
 
 int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k) {
@@ -178,6 +253,7 @@ enum { OUT_COMPLETED, OUT_FAILED, OUT_PANICKED, OUT_CANCELED };
 static void finish(worker *w, weft_job *j, int outcome, int state,
                    weft_buf *result) {
   weft_pool *p = w->pool;
+  if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
   if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
   weft_future_resolve(j->future, state, result);
   pthread_mutex_lock(&p->mu);
@@ -337,14 +413,18 @@ static void run(worker *w, weft_job *j, bool start) {
     lua_pop(L, 1);
     weft_buf_release(j->call);
     j->call = NULL;
+    j->cancel.wake = cancel_wake;
+    j->watching = weft_ctx_add_waiter(j->ctx, &j->cancel);
   }
   int nres = 0;
   j->parking = false;
-  w->current = j;
+  atomic_store(&w->current, j);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (p->hard_cancel && weft_ctx_err(j->ctx) != WEFT_LIVE) arm_hook(j->co);
   atomic_fetch_add(&p->running, 1);
   int status = lua_resume(j->co, L, nargs, &nres);
   atomic_fetch_sub(&p->running, 1);
-  w->current = NULL;
+  atomic_store(&w->current, NULL);
   if (status == LUA_YIELD && j->parking) {
     parked(w, j);
     return;
@@ -440,6 +520,13 @@ static bool worker_open(worker *w, char *err, size_t errlen) {
 static void *worker_main(void *arg) {
   worker *w = arg;
   weft_pool *p = w->pool;
+  tls_worker = w;
+  if (p->hard_cancel) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, CANCEL_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+  }
   char err[200];
   bool ok = worker_open(w, err, sizeof err);
   pthread_mutex_lock(&p->mu);
@@ -533,7 +620,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   snprintf(p->name, sizeof p->name, "%s", cfg->name ? cfg->name : "pool");
   p->limit = cfg->limit;
   p->queue = cfg->queue;
-  p->hard_cancel = cfg->hard_cancel;
+  p->hard_cancel = cfg->hard_cancel && install_cancel_signal();
   p->init = cfg->init;
   p->on_panic = cfg->on_panic;
   atomic_init(&p->running, 0);

@@ -85,6 +85,8 @@ weft_job *weft_job_of(lua_State *L);
 /* Makes a parked job runnable (or marks the wake-up if it has not parked
    yet).  Any thread; takes only its worker's (leaf) lock. */
 void weft_job_wake(weft_job *j);
+/* The error ending j under hard cancel (its context's), or WEFT_LIVE. */
+int weft_job_canceled(weft_job *j);
 /* Yields the job of L to its worker, to be resumed at k. */
 int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k);
 
