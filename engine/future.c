@@ -22,6 +22,8 @@ struct weft_future {
   atomic_int state;
   weft_buf *result;
   weft_waiter *waiters;
+  struct weft_pool *pool;  /* immutable once published */
+  struct weft_job *job;    /* under the pool's lock */
 };
 
 static void future_destroy(weft_object *o) {
@@ -66,6 +68,15 @@ bool weft_future_resolve(weft_future *f, int state, weft_buf *result) {
   pthread_mutex_unlock(&f->mu);
   return true;
 }
+
+void weft_future_bind(weft_future *f, struct weft_pool *p,
+                      struct weft_job *j) {
+  f->pool = p;
+  f->job = j;
+}
+
+struct weft_pool *weft_future_pool(weft_future *f) { return f->pool; }
+struct weft_job *weft_future_job(weft_future *f) { return f->job; }
 
 int weft_future_state(weft_future *f) {
   return atomic_load_explicit(&f->state, memory_order_acquire);

@@ -34,6 +34,17 @@ bool weft_future_resolve(weft_future *f, int state, weft_buf *result);
 int weft_future_state(weft_future *f);
 weft_buf *weft_future_result(weft_future *f);
 
+/*
+** The pool and job that will resolve f (deadlock detection).  bind runs
+** once, before f is published; the job is cleared, under the pool's lock,
+** when it finishes, and is read only under that lock.
+*/
+struct weft_pool;
+struct weft_job;
+void weft_future_bind(weft_future *f, struct weft_pool *p, struct weft_job *j);
+struct weft_pool *weft_future_pool(weft_future *f);
+struct weft_job *weft_future_job(weft_future *f);
+
 /* Adds w unless f is resolved (then returns false). */
 bool weft_future_add_waiter(weft_future *f, weft_waiter *w);
 void weft_future_remove_waiter(weft_future *f, weft_waiter *w);

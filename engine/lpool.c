@@ -191,6 +191,12 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
   weft_ctx *ctx = weft_check_ctx(L, 2);
   for (;;) {
     weft_block_reset(b);
+    const char *dl = weft_block_deadlock(b);
+    if (dl != NULL) {
+      lua_pushnil(L);
+      lua_pushstring(L, dl);
+      return 2;
+    }
     int err = weft_ctx_err(ctx);
     if (err != WEFT_LIVE) {
       lua_pushnil(L);
@@ -311,6 +317,12 @@ static int fwait_k(lua_State *L, int status, lua_KContext kc) {
   for (;;) {
     weft_block_reset(b);
     if (weft_future_state(f) != WEFT_FUT_PENDING) return push_outcome(L, f);
+    const char *dl = weft_block_deadlock(b);
+    if (dl != NULL) {
+      lua_pushnil(L);
+      lua_pushstring(L, dl);
+      return 2;
+    }
     if (ctx != NULL && weft_ctx_err(ctx) != WEFT_LIVE) {
       lua_pushnil(L);
       lua_pushstring(L, weft_ctx_errmsg(weft_ctx_err(ctx)));
@@ -412,4 +424,6 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);
   lua_setfield(L, -2, "CLOSED");
+  lua_pushliteral(L, WEFT_DEADLOCK_MSG);
+  lua_setfield(L, -2, "DEADLOCK");
 }

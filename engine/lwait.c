@@ -124,6 +124,10 @@ bool weft_block_on_idle(weft_block *b, weft_pool *p) {
   REGISTER(b, SRC_IDLE, p, weft_pool_add_idle_waiter);
 }
 
+const char *weft_block_deadlock(weft_block *b) {
+  return b->park.job != NULL ? weft_job_deadlock(b->park.job) : NULL;
+}
+
 void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
                      lua_KFunction k) {
   if (b->park.job != NULL) {
@@ -132,7 +136,14 @@ void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
       weft_block_reset(b);
       luaL_error(L, "%s", weft_ctx_errmsg(err));
     }
-    weft_job_park(L, kctx, k);  /* yields: never returns */
+    int kind = WEFT_WAIT_OTHER;
+    void *target = NULL;
+    for (int i = 0; i < b->n; i++)
+      if (b->src[i].kind == SRC_ADMIT || b->src[i].kind == SRC_FUTURE) {
+        kind = b->src[i].kind == SRC_ADMIT ? WEFT_WAIT_ADMIT : WEFT_WAIT_FUTURE;
+        target = b->src[i].obj;
+      }
+    weft_job_park(L, kctx, k, kind, target);  /* yields: never returns */
     return;
   }
   weft_park_block(&b->park);

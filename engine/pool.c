@@ -41,9 +41,17 @@ struct weft_job {
   lua_State *co;
   int co_ref;
   bool parking;            /* worker thread: the yield is a park */
-  bool parked, wake_pending;  /* w->mu */
+  bool parked, wake_pending, ready;  /* w->mu */
   weft_waiter cancel;      /* on ctx while it runs (hard cancel) */
   bool watching;           /* cancel is registered */
+  int want_kind;           /* worker thread: what the park waits for */
+  void *want_target;
+  int wait_kind;           /* p->mu: the same, once parked */
+  void *wait_target;
+  bool queued, started;    /* p->mu */
+  weft_job *act_prev, *act_next;  /* p->mu: started, not finished */
+  unsigned mark;           /* p->mu: deadlock search */
+  bool deadlocked;         /* set under p->mu before the wake */
 };
 
 struct worker {
@@ -82,6 +90,11 @@ struct weft_pool {
   bool shutdown, stopping, joining, joined;
   atomic_long running, parked;
   long submitted, completed, failed, panicked, canceled;
+  weft_job *active;          /* started jobs, not finished */
+  int nactive, npoolwait;    /* npoolwait: active jobs parked on p's work */
+  unsigned gen;
+  long deadlocks;
+  char deadlock_msg[512];
 };
 
 static const char worker_key = 0;    /* worker registry: the worker */
@@ -209,6 +222,7 @@ void weft_job_wake(weft_job *j) {
   if (j->parked) {
     j->parked = false;
     atomic_fetch_sub(&j->pool->parked, 1);
+    j->ready = true;
     push(&w->ready, &w->ready_tail, j);
     pthread_cond_signal(&w->cv);
   } else {
@@ -221,9 +235,87 @@ int weft_job_canceled(weft_job *j) {
   return j->pool->hard_cancel ? weft_ctx_err(j->ctx) : WEFT_LIVE;
 }
 
-int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k) {
-  weft_job_of(L)->parking = true;
+int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k, int kind,
+                  void *target) {
+  weft_job *j = weft_job_of(L);
+  j->parking = true;
+  j->want_kind = kind;
+  j->want_target = target;
   return lua_yieldk(L, 0, kctx, k);
+}
+
+const char *weft_job_deadlock(weft_job *j) {
+  if (!j->deadlocked) return NULL;
+  j->deadlocked = false;
+  return j->pool->deadlock_msg;
+}
+
+/* ---------------------------------------------------------------------- */
+/* deadlock detection
+**
+** A pool deadlocks when every job it has started waits, parked, on work
+** the pool itself can no longer admit: for admission to this same full
+** pool (submit), or for a future of this pool's job that is still queued
+** for admission or is itself waiting so (transitively; a cycle counts),
+** and no admitted job is left to start.  Nothing else can then free a
+** slot.  Checked under p->mu each time a job parks in such a wait: that
+** is the only moment a pool can become deadlocked.  Waits on anything
+** else (contexts, other pools, channels) are never counted, so there are
+** no false positives; those deadlocks are not detected.
+*/
+
+static bool pool_full(weft_pool *p) {
+  return !p->shutdown && p->inflight >= p->limit && p->nqueued >= p->queue;
+}
+
+/* Parked (or parking) and not woken since; p->mu held, takes w->mu. */
+static bool still_waiting(weft_job *j) {
+  pthread_mutex_lock(&j->w->mu);
+  bool waiting = !j->ready && !j->wake_pending;
+  pthread_mutex_unlock(&j->w->mu);
+  return waiting;
+}
+
+/* Whether j can only be woken by work p cannot admit; p->mu held. */
+static bool hopeless(weft_pool *p, weft_job *j) {
+  unsigned gen = ++p->gen;
+  for (;;) {
+    if (j->wait_kind == WEFT_WAIT_OTHER || !still_waiting(j)) return false;
+    if (j->mark == gen) return true;  /* waits on itself, around a cycle */
+    j->mark = gen;
+    if (j->wait_kind == WEFT_WAIT_ADMIT) return j->wait_target == p && pool_full(p);
+    weft_future *f = j->wait_target;
+    if (weft_future_state(f) != WEFT_FUT_PENDING || weft_future_pool(f) != p)
+      return false;
+    weft_job *k = weft_future_job(f);
+    if (k == NULL) return false;
+    if (k->queued) return p->inflight >= p->limit;  /* no slot for it */
+    if (!k->started) return false;
+    j = k;
+  }
+}
+
+static void detect_deadlock(weft_pool *p) {
+  if (p->npoolwait < p->nactive || p->newq != NULL || p->nactive == 0) return;
+  int admit = 0, futures = 0;
+  for (weft_job *j = p->active; j != NULL; j = j->act_next) {
+    if (!hopeless(p, j)) return;
+    if (j->wait_kind == WEFT_WAIT_ADMIT)
+      admit++;
+    else
+      futures++;
+  }
+  p->deadlocks++;
+  snprintf(p->deadlock_msg, sizeof p->deadlock_msg,
+           WEFT_DEADLOCK_MSG ": pool '%s' (limit %d, queue %d): all %d jobs in "
+           "flight wait for work the pool cannot admit (%d in submit to it, "
+           "%d on futures of its queued or waiting jobs); use a second pool "
+           "for sub-work, or a larger limit",
+           p->name, p->limit, p->queue, p->nactive, admit, futures);
+  for (weft_job *j = p->active; j != NULL; j = j->act_next) {
+    j->deadlocked = true;
+    weft_job_wake(j);
+  }
 }
 
 /* The job yielded to park: park it, unless it was woken meanwhile. */
@@ -231,6 +323,7 @@ static void parked(worker *w, weft_job *j) {
   pthread_mutex_lock(&w->mu);
   if (j->wake_pending) {
     j->wake_pending = false;
+    j->ready = true;
     push(&w->ready, &w->ready_tail, j);
   } else {
     j->parked = true;
@@ -264,8 +357,18 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     default: p->canceled++;
   }
   p->inflight--;
+  if (j->started) {
+    if (j->act_prev != NULL)
+      j->act_prev->act_next = j->act_next;
+    else
+      p->active = j->act_next;
+    if (j->act_next != NULL) j->act_next->act_prev = j->act_prev;
+    p->nactive--;
+  }
+  weft_future_bind(j->future, p, NULL);
   weft_job *next = pop(&p->waitq, &p->waitq_tail);
   if (next != NULL) {  /* the first queued job takes the slot */
+    next->queued = false;
     p->nqueued--;
     p->inflight++;
     push(&p->newq, &p->newq_tail, next);
@@ -416,6 +519,12 @@ static void run(worker *w, weft_job *j, bool start) {
     j->cancel.wake = cancel_wake;
     j->watching = weft_ctx_add_waiter(j->ctx, &j->cancel);
   }
+  if (j->wait_kind != WEFT_WAIT_OTHER) {  /* back from a pool wait */
+    pthread_mutex_lock(&p->mu);
+    j->wait_kind = WEFT_WAIT_OTHER;
+    p->npoolwait--;
+    pthread_mutex_unlock(&p->mu);
+  }
   int nres = 0;
   j->parking = false;
   atomic_store(&w->current, j);
@@ -426,6 +535,14 @@ static void run(worker *w, weft_job *j, bool start) {
   atomic_fetch_sub(&p->running, 1);
   atomic_store(&w->current, NULL);
   if (status == LUA_YIELD && j->parking) {
+    if (j->want_kind != WEFT_WAIT_OTHER) {
+      pthread_mutex_lock(&p->mu);
+      j->wait_kind = j->want_kind;
+      j->wait_target = j->want_target;
+      p->npoolwait++;
+      detect_deadlock(p);
+      pthread_mutex_unlock(&p->mu);
+    }
     parked(w, j);
     return;
   }
@@ -540,6 +657,7 @@ static void *worker_main(void *arg) {
   for (;;) {
     pthread_mutex_lock(&w->mu);
     weft_job *j = pop(&w->ready, &w->ready_tail);
+    if (j != NULL) j->ready = false;
     pthread_mutex_unlock(&w->mu);
     if (j != NULL) {
       run(w, j, false);
@@ -548,6 +666,12 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&p->mu);
     j = pop(&p->newq, &p->newq_tail);
     if (j != NULL) {
+      j->started = true;
+      j->act_prev = NULL;
+      j->act_next = p->active;
+      if (p->active != NULL) p->active->act_prev = j;
+      p->active = j;
+      p->nactive++;
       pthread_mutex_unlock(&p->mu);
       run(w, j, true);
       lua_gc(w->L, LUA_GCSTEP, 0);  /* no creep from job to job */
@@ -691,6 +815,7 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   j->call = call;
   j->ctx = ctx;
   j->future = f;
+  weft_future_bind(f, p, j);
   int r = WEFT_SUBMIT_OK;
   pthread_mutex_lock(&p->mu);
   if (p->shutdown) {
@@ -701,6 +826,7 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
     kick_idle(p);
   } else if (p->nqueued < p->queue) {
     p->nqueued++;
+    j->queued = true;
     push(&p->waitq, &p->waitq_tail, j);
   } else {
     r = WEFT_SUBMIT_FULL;

@@ -87,7 +87,18 @@ weft_job *weft_job_of(lua_State *L);
 void weft_job_wake(weft_job *j);
 /* The error ending j under hard cancel (its context's), or WEFT_LIVE. */
 int weft_job_canceled(weft_job *j);
-/* Yields the job of L to its worker, to be resumed at k. */
-int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k);
+/*
+** Yields the job of L to its worker, to be resumed at k.  kind and target
+** say what it waits for, for deadlock detection: WEFT_WAIT_ADMIT (a pool),
+** WEFT_WAIT_FUTURE (a future), or WEFT_WAIT_OTHER (NULL).
+*/
+enum { WEFT_WAIT_OTHER = 0, WEFT_WAIT_ADMIT, WEFT_WAIT_FUTURE };
+int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k, int kind,
+                  void *target);
+/* The deadlock message if the pool found j's wait hopeless (then clears
+   it), else NULL.  The job's own thread. */
+const char *weft_job_deadlock(weft_job *j);
+
+#define WEFT_DEADLOCK_MSG "deadlock"
 
 #endif
