@@ -45,6 +45,8 @@ void weft_block_reset(weft_block *b);             /* unregisters all */
 /* Arms a timeout (once, before the loop); may raise. */
 void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds);
 bool weft_block_on_timeout(weft_block *b);        /* false: it expired */
+/* A new timeout from now (after a reset). */
+void weft_block_rearm(lua_State *L, weft_block *b, double seconds);
 bool weft_block_on_ctx(weft_block *b, struct weft_ctx *c);
 bool weft_block_on_future(weft_block *b, struct weft_future *f);
 bool weft_block_on_admit(weft_block *b, struct weft_pool *p);

@@ -223,33 +223,53 @@ static int p_submit(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 /* wait, close, stats */
 
+/* stack: pool, timeout, close flag, block at 4 (kc).  Waits until idle;
+   close(timeout) interrupts the jobs still running at the timeout, then
+   gives them as long again before it gives up (never hangs). */
 static int idle_k(lua_State *L, int status, lua_KContext kc) {
   (void)status;
   weft_block *b = lua_touserdata(L, (int)kc);
   weft_pool *p = check_pool(L, 1);
+  int close = lua_toboolean(L, 3);
   for (;;) {
     weft_block_reset(b);
     if (!weft_block_on_idle(b, p)) break;
+    if (!weft_block_on_timeout(b)) {  /* timed out */
+      weft_block_reset(b);
+      if (!close || lua_toboolean(L, 5)) {
+        weft_pool_stats s;
+        weft_pool_get_stats(p, &s);
+        lua_pushnil(L);
+        lua_pushfstring(L, "timeout: pool '%s' still has %d jobs in flight",
+                        weft_pool_name(p), (int)s.inflight);
+        return 2;
+      }
+      lua_pushboolean(L, 1);  /* 5: killed once */
+      weft_pool_kill(p);
+      weft_block_rearm(L, b, lua_tonumber(L, 2));
+      continue;
+    }
     weft_block_wait(L, b, kc, idle_k);
   }
-  if (lua_toboolean(L, (int)kc - 1)) {  /* close: stop the workers */
-    weft_pool_join(p);
-  }
+  if (close) weft_pool_join(p);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 static int wait_or_close(lua_State *L, int close) {
   weft_pool *p = check_pool(L, 1);
+  double timeout = lua_isnoneornil(L, 2) ? INFINITY : weft_check_duration(L, 2);
   if (weft_pool_is_worker(p))
     return luaL_error(L, "pool '%s': %s from one of its own jobs would wait "
                          "for itself", weft_pool_name(p),
                       close ? "close" : "wait");
   lua_settop(L, 1);
+  lua_pushnumber(L, timeout);
   if (close) weft_pool_shutdown(p);
   lua_pushboolean(L, close);
-  weft_block_new(L);
-  return idle_k(L, LUA_OK, 3);
+  weft_block *b = weft_block_new(L);
+  weft_block_set_timeout(L, b, timeout);
+  return idle_k(L, LUA_OK, 4);
 }
 
 static int p_wait(lua_State *L) { return wait_or_close(L, 0); }
@@ -261,10 +281,11 @@ static int p_gc(lua_State *L) {
       lua_toboolean(L, -1) && !weft_pool_is_worker(p)) {
     /* the owner's handle: close (never from inside the pool) */
     lua_settop(L, 1);
+    lua_pushnumber(L, INFINITY);
     weft_pool_shutdown(p);
     lua_pushboolean(L, 1);
     weft_block_new(L);
-    idle_k(L, LUA_OK, 3);
+    idle_k(L, LUA_OK, 4);
   }
   weft_object *o = weft_handle_take(L, 1);
   if (o != NULL) weft_release(o);

@@ -84,6 +84,12 @@ void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
                                    strerror(errno));
 }
 
+void weft_block_rearm(lua_State *L, weft_block *b, double seconds) {
+  if (b->timer != NULL) weft_ctx_release(b->timer);
+  b->timer = NULL;
+  weft_block_set_timeout(L, b, seconds);
+}
+
 static weft_park_waiter *add(weft_block *b, int kind, void *obj) {
   int i = b->n++;
   b->src[i].kind = kind;
@@ -134,7 +140,8 @@ void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
     int err = weft_job_canceled(b->park.job);
     if (err != WEFT_LIVE) {  /* hard cancel reaches parked jobs too */
       weft_block_reset(b);
-      luaL_error(L, "%s", weft_ctx_errmsg(err));
+      luaL_error(L, "%s", err == WEFT_KILLED ? WEFT_KILLED_MSG
+                                              : weft_ctx_errmsg(err));
     }
     int kind = WEFT_WAIT_OTHER;
     void *target = NULL;

@@ -52,6 +52,7 @@ struct weft_job {
   weft_job *act_prev, *act_next;  /* p->mu: started, not finished */
   unsigned mark;           /* p->mu: deadlock search */
   bool deadlocked;         /* set under p->mu before the wake */
+  atomic_bool killed;      /* pool:close(timeout) gave up waiting */
 };
 
 struct worker {
@@ -162,6 +163,7 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || j->co != L) return;
+  if (atomic_load(&j->killed)) luaL_error(L, "%s", WEFT_KILLED_MSG);
   int err = weft_ctx_err(j->ctx);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
 }
@@ -174,7 +176,8 @@ static void on_cancel_signal(int sig) {
   (void)sig;
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
-  if (j != NULL && weft_ctx_err(j->ctx) != WEFT_LIVE) arm_hook(j->co);
+  if (j != NULL && (weft_ctx_err(j->ctx) != WEFT_LIVE || atomic_load(&j->killed)))
+    arm_hook(j->co);
 }
 
 /* Installs the handler unless someone else handles the signal. */
@@ -232,7 +235,20 @@ void weft_job_wake(weft_job *j) {
 }
 
 int weft_job_canceled(weft_job *j) {
+  if (atomic_load(&j->killed)) return WEFT_KILLED;
   return j->pool->hard_cancel ? weft_ctx_err(j->ctx) : WEFT_LIVE;
+}
+
+void weft_pool_kill(weft_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  for (weft_job *j = p->active; j != NULL; j = j->act_next) {
+    atomic_store(&j->killed, true);
+    weft_job_wake(j);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load(&j->w->current) == j && p->hard_cancel)
+      pthread_kill(j->w->thread, CANCEL_SIGNAL);
+  }
+  pthread_mutex_unlock(&p->mu);
 }
 
 int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k, int kind,
@@ -465,6 +481,12 @@ static void panicked_job(worker *w, weft_job *j, int status) {
   int msg = top + 1, tb = top + 2;
   /* pending to-be-closed variables of the coroutine */
   if (lua_resetthread(co) != LUA_OK) lua_settop(co, 0);
+  if (atomic_load(&j->killed)) {  /* stopped by pool:close(timeout) */
+    weft_buf *b = string_buf(L, WEFT_KILLED_MSG);
+    lua_settop(L, top);
+    finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, b);
+    return;
+  }
   if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* it ended with its context */
     weft_buf *b = string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx)));
     lua_settop(L, top);
@@ -529,7 +551,9 @@ static void run(worker *w, weft_job *j, bool start) {
   j->parking = false;
   atomic_store(&w->current, j);
   atomic_thread_fence(memory_order_seq_cst);
-  if (p->hard_cancel && weft_ctx_err(j->ctx) != WEFT_LIVE) arm_hook(j->co);
+  if (p->hard_cancel &&
+      (weft_ctx_err(j->ctx) != WEFT_LIVE || atomic_load(&j->killed)))
+    arm_hook(j->co);
   atomic_fetch_add(&p->running, 1);
   int status = lua_resume(j->co, L, nargs, &nres);
   atomic_fetch_sub(&p->running, 1);
@@ -810,6 +834,7 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
     return WEFT_SUBMIT_NOMEM;
   }
   memset(j, 0, sizeof *j);
+  atomic_init(&j->killed, false);
   j->co_ref = LUA_NOREF;
   j->pool = p;
   j->call = call;

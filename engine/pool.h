@@ -65,6 +65,13 @@ void weft_pool_remove_admit_waiter(weft_pool *p, weft_waiter *w);
 bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w);
 void weft_pool_remove_idle_waiter(weft_pool *p, weft_waiter *w);
 
+/*
+** Interrupts every started job (at its next instruction, or its next weft
+** call when hard cancel is off); they end as canceled with "pool closed".
+** For pool:close(timeout).  Any thread.
+*/
+void weft_pool_kill(weft_pool *p);
+
 /* Stops admission (submit fails from now on, blocked submits wake). */
 void weft_pool_shutdown(weft_pool *p);
 /* After shutdown and once idle: stops and joins the workers.  Not from a
@@ -100,5 +107,7 @@ int weft_job_park(lua_State *L, lua_KContext kctx, lua_KFunction k, int kind,
 const char *weft_job_deadlock(weft_job *j);
 
 #define WEFT_DEADLOCK_MSG "deadlock"
+#define WEFT_KILLED_MSG "pool closed"
+enum { WEFT_KILLED = 100 };  /* weft_job_canceled: stopped by close */
 
 #endif
