@@ -364,7 +364,8 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
   weft_pool *p = w->pool;
   if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
   if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
-  weft_future_resolve(j->future, state, result);
+  /* counted before the future resolves: whoever sees it resolved sees the
+     statistics add up */
   pthread_mutex_lock(&p->mu);
   switch (outcome) {
     case OUT_COMPLETED: p->completed++; break;
@@ -390,6 +391,9 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     push(&p->newq, &p->newq_tail, next);
   }
   weft_waiters_wake_all(&p->admit_waiters);
+  pthread_mutex_unlock(&p->mu);
+  weft_future_resolve(j->future, state, result);
+  pthread_mutex_lock(&p->mu);  /* idle only once the future is resolved */
   if (p->inflight == 0 && p->nqueued == 0)
     weft_waiters_wake_all(&p->idle_waiters);
   pthread_mutex_unlock(&p->mu);
