@@ -75,6 +75,8 @@ void weft_future_bind(weft_future *f, struct weft_pool *p,
   f->job = j;
 }
 
+void weft_future_unbind_job(weft_future *f) { f->job = NULL; }
+
 struct weft_pool *weft_future_pool(weft_future *f) { return f->pool; }
 struct weft_job *weft_future_job(weft_future *f) { return f->job; }
 

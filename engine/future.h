@@ -42,6 +42,7 @@ weft_buf *weft_future_result(weft_future *f);
 struct weft_pool;
 struct weft_job;
 void weft_future_bind(weft_future *f, struct weft_pool *p, struct weft_job *j);
+void weft_future_unbind_job(weft_future *f);  /* under the pool's lock */
 struct weft_pool *weft_future_pool(weft_future *f);
 struct weft_job *weft_future_job(weft_future *f);
 

@@ -382,7 +382,7 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     if (j->act_next != NULL) j->act_next->act_prev = j->act_prev;
     p->nactive--;
   }
-  weft_future_bind(j->future, p, NULL);
+  weft_future_unbind_job(j->future);
   weft_job *next = pop(&p->waitq, &p->waitq_tail);
   if (next != NULL) {  /* the first queued job takes the slot */
     next->queued = false;
@@ -483,8 +483,21 @@ static void panicked_job(worker *w, weft_job *j, int status) {
     lua_pushliteral(L, "");
   }
   int msg = top + 1, tb = top + 2;
-  /* pending to-be-closed variables of the coroutine */
-  if (lua_resetthread(co) != LUA_OK) lua_settop(co, 0);
+  /* Close the coroutine's pending to-be-closed variables; as in a pcall,
+     an error raised by one of them replaces the job's error (the
+     traceback stays that of the first). */
+  if (lua_resetthread(co) != LUA_OK) {
+    lua_pushcfunction(L, report_k);
+    lua_xmove(co, L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
+    if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+      lua_pop(L, 1);
+      lua_replace(L, msg);
+    } else {
+      lua_pop(L, 1);
+    }
+    lua_settop(co, 0);
+  }
   if (atomic_load(&j->killed)) {  /* stopped by pool:close(timeout) */
     weft_buf *b = string_buf(L, WEFT_KILLED_MSG);
     lua_settop(L, top);
