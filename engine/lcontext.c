@@ -47,12 +47,32 @@ static int l_background(lua_State *L) {
   return 1;
 }
 
+/*
+** A cancel function is a shared handle too (class "weft.cancel", called as
+** cancel(cause?)), so it can be passed to jobs in other states: a job may
+** cancel its siblings, as Go code passes cancel functions around.
+*/
+typedef struct canceler {
+  weft_object obj;
+  weft_runtime *rt;  /* kept alive by ctx (or by the caller, while NULL) */
+  weft_ctx *ctx;     /* retained */
+} canceler;
+
+static void canceler_destroy(weft_object *o) {
+  canceler *k = (canceler *)o;
+  weft_ctx *c = k->ctx;
+  weft_free(k->rt, k, sizeof *k);
+  if (c != NULL) weft_ctx_release(c);
+}
+
+static const weft_class canceler_class = {"weft.cancel", canceler_destroy};
+
 static int l_cancel(lua_State *L) {
-  weft_ctx *c = (weft_ctx *)weft_to_object(L, lua_upvalueindex(1));
-  if (c == NULL) return luaL_error(L, "weft: cancel function lost its context");
+  canceler *k = (canceler *)weft_check_object(L, 1, &canceler_class);
+  weft_ctx *c = k->ctx;
   if (weft_ctx_err(c) != WEFT_LIVE) return 0;  /* the first cancel won */
   weft_buf *cause = NULL;
-  if (!lua_isnoneornil(L, 1)) cause = weft_buf_encode(L, 1, 1, "cause", 0);
+  if (!lua_isnoneornil(L, 2)) cause = weft_buf_encode(L, 2, 1, "cause", 0);
   weft_ctx_cancel(c, WEFT_CANCELED, cause);  /* no Lua call: cannot raise */
   weft_buf_release(cause);
   return 0;
@@ -62,13 +82,22 @@ static int l_cancel(lua_State *L) {
 static int push_child(lua_State *L, weft_ctx *parent, double deadline) {
   weft_runtime *rt = weft_runtime_of(L);
   void **g = weft_guard_object(L);
+  void **gk = weft_guard_object(L);
+  canceler *k = weft_alloc(rt, sizeof *k);
+  if (k == NULL) return luaL_error(L, "not enough memory");
+  weft_object_init(&k->obj, &canceler_class);
+  k->rt = rt;
+  k->ctx = NULL;
+  *gk = k;
   weft_ctx *c = weft_ctx_new(rt, parent, deadline);
   if (c == NULL) return fail_new(L);
   *g = c;
+  weft_ctx_retain(c);
+  k->ctx = c;
   weft_push_ctx(L, c);
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_cancel, 1);
-  weft_ctx_release(weft_guard_take(g));  /* the handle holds its own reference */
+  weft_push_object(L, &k->obj);
+  weft_ctx_release(weft_guard_take(g));  /* the handles hold their own */
+  weft_release(weft_guard_take(gk));
   return 2;
 }
 
@@ -217,8 +246,11 @@ static const luaL_Reg funcs[] = {
     {NULL, NULL},
 };
 
+static const luaL_Reg cancel_meta[] = {{"__call", l_cancel}, {NULL, NULL}};
+
 void weft_open_context(lua_State *L) {
   weft_new_class(L, &weft_ctx_class, methods, NULL);
-  lua_pop(L, 1);
+  weft_new_class(L, &canceler_class, NULL, cancel_meta);
+  lua_pop(L, 2);
   luaL_setfuncs(L, funcs, 0);
 }

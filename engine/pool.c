@@ -10,8 +10,9 @@
 ** link.  w->mu guards the worker's ready list, kick flag and each of its
 ** jobs' parked / wake_pending flags; it is a leaf lock (taken under p->mu,
 ** under a context's or a future's lock by weft_job_wake, never the other
-** way round).  p->mu is never held while a context's or future's lock is
-** taken, nor across any Lua call.  A worker's lua_State is touched only by
+** way round).  p->mu is held while a future of the pool resolves (its
+** waiters take only leaf locks), never while a context's lock is taken,
+** nor across any Lua call.  A worker's lua_State is touched only by
 ** its own thread.
 */
 #include "pool.h"
@@ -68,6 +69,9 @@ struct worker {
   _Atomic(weft_job *) current;   /* written by the worker thread only */
   worker *idle_next;             /* p->mu */
   bool idle;                     /* p->mu */
+  char warning[256];             /* the worker thread's: a warning so far */
+  size_t warning_len;
+  bool warnings_off;
 };
 
 struct weft_pool {
@@ -364,8 +368,10 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
   weft_pool *p = w->pool;
   if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
   if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
-  /* counted before the future resolves: whoever sees it resolved sees the
-     statistics add up */
+  /* Counted, slot freed and future resolved in one step under p->mu:
+     whoever sees the future resolved sees the statistics add up, and a
+     submit admitted into the freed slot sees the future resolved.  The
+     future's waiters take only leaf locks, so p->mu -> f->mu is safe. */
   pthread_mutex_lock(&p->mu);
   switch (outcome) {
     case OUT_COMPLETED: p->completed++; break;
@@ -390,10 +396,8 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     p->inflight++;
     push(&p->newq, &p->newq_tail, next);
   }
-  weft_waiters_wake_all(&p->admit_waiters);
-  pthread_mutex_unlock(&p->mu);
   weft_future_resolve(j->future, state, result);
-  pthread_mutex_lock(&p->mu);  /* idle only once the future is resolved */
+  weft_waiters_wake_all(&p->admit_waiters);
   if (p->inflight == 0 && p->nqueued == 0)
     weft_waiters_wake_all(&p->idle_waiters);
   pthread_mutex_unlock(&p->mu);
@@ -616,6 +620,31 @@ static int no_exit(lua_State *L) {
                        "(it would end the whole process); raise an error");
 }
 
+/*
+** Warnings of a worker state (errors in __gc among them) go to the log,
+** one line each, prefixed with the pool's name.  "@off" and "@on" work as
+** in lua.c, but warnings start on.
+*/
+static void worker_warn(void *ud, const char *msg, int tocont) {
+  worker *w = ud;
+  if (w->warning_len == 0 && !tocont && msg[0] == '@') {
+    if (strcmp(msg, "@off") == 0) w->warnings_off = true;
+    if (strcmp(msg, "@on") == 0) w->warnings_off = false;
+    return;
+  }
+  size_t room = sizeof w->warning - 1 - w->warning_len;
+  size_t n = strlen(msg);
+  if (n > room) n = room;
+  memcpy(w->warning + w->warning_len, msg, n);
+  w->warning_len += n;
+  w->warning[w->warning_len] = '\0';
+  if (tocont) return;
+  if (!w->warnings_off)
+    weft_log(w->pool->rt, "weft pool '%s': warning: %s", w->pool->name,
+             w->warning);
+  w->warning_len = 0;
+}
+
 /* Under lua_pcall in a new worker state: 1 = the worker. */
 static int setup_k(lua_State *L) {
   worker *w = lua_touserdata(L, 1);
@@ -658,6 +687,7 @@ static bool worker_open(worker *w, char *err, size_t errlen) {
     snprintf(err, errlen, "not enough memory");
     return false;
   }
+  lua_setwarnf(L, worker_warn, w);
   if (weft_runtime_open(rt, L) != 0) {
     snprintf(err, errlen, "not enough memory");
     lua_close(L);

@@ -213,3 +213,84 @@ describe("pool:close(timeout)", function()
     assert.has_error(function() p:wait(-1) end)
   end)
 end)
+
+describe("cancel functions", function()
+  it("can be passed to jobs, which cancel from their worker", function()
+    local p <close> = assert(weft.pool { workers = 2 })
+    local ctx, cancel = weft.with_cancel(bg)
+    assert.equal(cancel, weft.copy(cancel))
+    local f = assert(p:submit(bg, function(_, c) c("from a job") end, cancel))
+    assert.is_true(wait(f))
+    assert.equal(weft.CANCELED, ctx:err())
+    assert.equal("from a job", ctx:cause())
+  end)
+
+  it("survive a storm: a tree of 100 contexts canceled from jobs on every worker", function()
+    local seed = os.time() + math.floor(weft.now() * 1e6) % 1000000
+    print("# cancel storm seed " .. seed)
+    math.randomseed(seed)
+    local p <close> = assert(weft.pool { workers = 2, limit = 256 })
+    local ctxs, cancels = { bg }, { false }
+    for i = 2, 101 do  -- node i hangs under a random earlier node
+      ctxs[i], cancels[i] = weft.with_cancel(ctxs[math.random(1, i - 1)])
+    end
+    -- a waiter on every context, parked
+    local waiters = {}
+    for i = 2, 101 do
+      waiters[#waiters + 1] = assert(p:submit(ctxs[i], function(c) return c:wait("20s") end))
+    end
+    -- cancelers, in random order, each from a job
+    local order = {}
+    for i = 2, 101 do order[#order + 1] = i end
+    for i = #order, 2, -1 do
+      local j = math.random(1, i)
+      order[i], order[j] = order[j], order[i]
+    end
+    local cancelers = {}
+    for _, i in ipairs(order) do
+      cancelers[#cancelers + 1] = assert(p:submit(bg, function(_, c, n) c(n) end, cancels[i], i))
+    end
+    for _, f in ipairs(cancelers) do assert.is_true(wait(f, "20s")) end
+    for _, f in ipairs(waiters) do
+      local ok, done = wait(f, "20s")
+      -- ended by the wait seeing its context done, or by hard cancel
+      assert.is_not_nil(ok)
+      if ok then assert.is_true(done) end
+    end
+    for i = 2, 101 do assert.is_true(ctxs[i]:done()) end
+    local s = p:stats()
+    assert.equal(s.submitted, s.completed + s.failed + s.panicked + s.canceled)
+  end)
+end)
+
+describe("worker warnings", function()
+  local variant = os.getenv("WEFT_TEST_VARIANT")
+  local child_ok = variant == nil or variant == "plain"
+
+  it("route errors in __gc to the log, prefixed with the pool's name", function()
+    if not child_ok then
+      pending("child processes do not run under the sanitizer runtimes")
+      return
+    end
+    local script = os.tmpname()
+    local fh = assert(io.open(script, "w"))
+    fh:write([[
+      local weft = require "weft"
+      local p <close> = assert(weft.pool { workers = 1, name = "gc" })
+      local ok = p:submit(weft.background(), function()
+        setmetatable({}, { __gc = function() error("finalizer broke") end })
+        collectgarbage()
+        collectgarbage()
+        return true
+      end):wait(weft.with_timeout(weft.background(), "5s"))
+      print("job ok", ok)
+    ]])
+    fh:close()
+    local out = io.popen("timeout 30 lua5.4 " .. script .. " 2>&1")
+    local text = out:read("a")
+    out:close()
+    os.remove(script)
+    assert.matches("weft pool 'gc': warning: error in __gc %(.-finalizer broke%)", text)
+    assert.matches("job ok\ttrue", text)
+  end)
+end)
