@@ -112,24 +112,30 @@ void weft_ctx_release(weft_ctx *c) { weft_release(&c->obj); }
 
 /* --- destruction ------------------------------------------------------- */
 
+/* Takes c out of its parent's list of children, if it is there. */
+static void leave_parent(weft_ctx *c) {
+  weft_ctx *p = c->parent;
+  if (p == NULL || !p->can_end) return;
+  pthread_mutex_lock(&p->mu);
+  if (c->linked) {
+    if (c->sib_prev != NULL)
+      c->sib_prev->sib_next = c->sib_next;
+    else
+      p->child_head = c->sib_next;
+    if (c->sib_next != NULL) c->sib_next->sib_prev = c->sib_prev;
+    c->linked = false;
+    c->sib_prev = c->sib_next = NULL;
+  }
+  pthread_mutex_unlock(&p->mu);
+}
+
 /* Frees c (count zero) and returns its parent, whose reference the caller
    now has to drop. */
 static weft_ctx *destroy_one(weft_ctx *c) {
   weft_runtime *rt = c->rt;
   weft_ctx *p = c->parent;
   if (c->has_timer) weft_timer_remove(&rt->timer, &c->timer);
-  if (p != NULL && p->can_end) {
-    pthread_mutex_lock(&p->mu);
-    if (c->linked) {
-      if (c->sib_prev != NULL)
-        c->sib_prev->sib_next = c->sib_next;
-      else
-        p->child_head = c->sib_next;
-      if (c->sib_next != NULL) c->sib_next->sib_prev = c->sib_prev;
-      c->linked = false;
-    }
-    pthread_mutex_unlock(&p->mu);
-  }
+  leave_parent(c);
   weft_buf_release(c->cause);
   weft_buf_release(c->key);
   weft_buf_release(c->value);
@@ -329,14 +335,7 @@ static bool end_one(weft_ctx *c, int err, weft_buf *cause,
   if (cause != NULL) weft_buf_retain(cause);
   c->cause = cause;
   atomic_store_explicit(&c->err, err, memory_order_release);
-  weft_waiter *w = c->waiters;
-  c->waiters = NULL;
-  while (w != NULL) {
-    weft_waiter *next = w->next;
-    w->prev = w->next = NULL;
-    w->wake(w);
-    w = next;
-  }
+  weft_waiters_wake_all(&c->waiters);
   weft_ctx *ch = c->child_head;
   c->child_head = NULL;
   while (ch != NULL) {
@@ -407,20 +406,7 @@ void weft_ctx_cancel(weft_ctx *c, int err, weft_buf *cause) {
   /* Only now leave the parent's list: a thread canceling an ancestor
      meanwhile must find c there (done, not settled) and wait for c's
      subtree instead of returning before it is done. */
-  weft_ctx *p = c->parent;
-  if (p != NULL && p->can_end) {
-    pthread_mutex_lock(&p->mu);
-    if (c->linked) {
-      if (c->sib_prev != NULL)
-        c->sib_prev->sib_next = c->sib_next;
-      else
-        p->child_head = c->sib_next;
-      if (c->sib_next != NULL) c->sib_next->sib_prev = c->sib_prev;
-      c->linked = false;
-      c->sib_prev = c->sib_next = NULL;
-    }
-    pthread_mutex_unlock(&p->mu);
-  }
+  leave_parent(c);
   while (done != NULL) {
     weft_ctx *n = done;
     done = n->done_next;
@@ -461,31 +447,14 @@ bool weft_ctx_can_end(weft_ctx *c) { return c->can_end; }
 bool weft_ctx_add_waiter(weft_ctx *c, weft_waiter *w) {
   pthread_mutex_lock(&c->mu);
   bool live = atomic_load_explicit(&c->err, memory_order_relaxed) == WEFT_LIVE;
-  if (live) {
-    w->prev = NULL;
-    w->next = c->waiters;
-    if (c->waiters != NULL) c->waiters->prev = w;
-    c->waiters = w;
-  }
+  if (live) weft_waiters_add(&c->waiters, w);
   pthread_mutex_unlock(&c->mu);
   return live;
 }
 
-/* Unlinks w if it is still listed; c->mu held. */
-static void unlink_waiter(weft_ctx *c, weft_waiter *w) {
-  if (w->prev != NULL)
-    w->prev->next = w->next;
-  else if (c->waiters == w)
-    c->waiters = w->next;
-  else
-    return;  /* not listed (woken already, or never added) */
-  if (w->next != NULL) w->next->prev = w->prev;
-  w->prev = w->next = NULL;
-}
-
 void weft_ctx_remove_waiter(weft_ctx *c, weft_waiter *w) {
   pthread_mutex_lock(&c->mu);
-  unlink_waiter(c, w);
+  weft_waiters_remove(&c->waiters, w);
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -533,15 +502,13 @@ bool weft_ctx_wait(weft_ctx *c, double timeout) {
   }
   pthread_mutex_lock(&c->mu);
   if (atomic_load_explicit(&c->err, memory_order_relaxed) == WEFT_LIVE) {
-    t.w.next = c->waiters;
-    if (c->waiters != NULL) c->waiters->prev = &t.w;
-    c->waiters = &t.w;
+    weft_waiters_add(&c->waiters, &t.w);
     while (!t.woken) {
       int e = bounded ? pthread_cond_timedwait(&t.cv, &c->mu, &until)
                       : pthread_cond_wait(&t.cv, &c->mu);
       if (e == ETIMEDOUT) break;
     }
-    unlink_waiter(c, &t.w);
+    weft_waiters_remove(&c->waiters, &t.w);
   }
   pthread_mutex_unlock(&c->mu);
   pthread_cond_destroy(&t.cv);

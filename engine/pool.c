@@ -1009,10 +1009,7 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
 /* Blocks the calling thread until p is idle. */
 static void wait_idle(weft_pool *p) {
   weft_park park;
-  park.job = NULL;
-  park.woken = false;
-  pthread_mutex_init(&park.mu, NULL);
-  pthread_cond_init(&park.cv, NULL);
+  if (weft_park_init_thread(&park) != 0) return;  /* cannot wait: leak */
   weft_park_waiter pw;
   weft_park_waiter_init(&pw, &park);
   while (weft_pool_add_idle_waiter(p, &pw.w)) {

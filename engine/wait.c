@@ -41,9 +41,14 @@ void weft_waiters_wake_all(weft_waiter **head) {
 }
 
 int weft_park_init(weft_park *p, lua_State *L) {
-  p->woken = false;
   p->job = weft_job_of(L);
-  if (p->job != NULL) return 0;
+  p->woken = false;
+  return p->job != NULL ? 0 : weft_park_init_thread(p);
+}
+
+int weft_park_init_thread(weft_park *p) {
+  p->job = NULL;
+  p->woken = false;
   int e = pthread_mutex_init(&p->mu, NULL);
   if (e != 0) return e;
   pthread_condattr_t a;

@@ -47,6 +47,7 @@ typedef struct weft_park {
 /* Sets p up for the calling context of L (job mode when L is a job's own
    coroutine and may yield).  0 or an errno. */
 int weft_park_init(weft_park *p, lua_State *L);
+int weft_park_init_thread(weft_park *p);  /* thread mode, no Lua */
 void weft_park_destroy(weft_park *p);
 /* Marks p woken; any thread, leaf lock only. */
 void weft_park_wake(weft_park *p);
