@@ -215,7 +215,16 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
 }
 
 static int p_submit(lua_State *L) {
-  prepare_call(L);
+  void **g = prepare_call(L);
+  weft_ctx *ctx = weft_check_ctx(L, 2);
+  if (weft_ctx_err(ctx) == WEFT_LIVE) {  /* fast path: room now */
+    weft_future *f = NULL;
+    int r = weft_pool_try_submit(check_pool(L, 1), ctx, *g, &f);
+    if (r != WEFT_SUBMIT_FULL) {
+      if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
+      return submit_result(L, r, f);
+    }
+  }
   weft_block_new(L);
   return submit_k(L, LUA_OK, lua_gettop(L));
 }
@@ -356,8 +365,9 @@ static int fwait_k(lua_State *L, int status, lua_KContext kc) {
 }
 
 static int f_wait(lua_State *L) {
-  check_future(L, 1);
+  weft_future *f = check_future(L, 1);
   if (!lua_isnoneornil(L, 2)) weft_check_ctx(L, 2);
+  if (weft_future_state(f) != WEFT_FUT_PENDING) return push_outcome(L, f);
   lua_settop(L, 2);
   weft_block_new(L);
   return fwait_k(L, LUA_OK, 3);
