@@ -32,3 +32,26 @@ job.self = job
 local copy = weft.copy(job)
 print(("copy: new table=%s, cycle kept=%s, context shared=%s"):format(
   copy ~= job, copy.self == copy, copy.ctx == child))
+
+-- A pool of worker threads, each with its own Lua state: fan out, fan in.
+local pool <close> = assert(weft.pool { workers = 2, limit = 8, name = "demo" })
+local work = weft.with_timeout(root, "10s")
+local futures = {}
+for i = 1, 8 do
+  futures[i] = assert(pool:submit(work, function(job_ctx, n)
+    local sum = 0
+    for k = 1, n * 100000 do sum = sum + k % 7 end
+    weft.sleep(job_ctx, "10ms") -- parks: the worker runs other jobs meanwhile
+    return n, sum
+  end, i))
+end
+for i = 1, #futures do
+  local ok, n, sum = futures[i]:wait(work)
+  print(("job %d: ok=%s sum=%d"):format(n, ok, sum))
+end
+
+-- A job's error is a recovered panic: reported, the worker lives on.
+local ok, perr = assert(pool:submit(work, function() error("boom") end)):wait()
+print(("panic recovered: ok=%s err=%s"):format(ok, perr:match("^[^\n]*")))
+local s = pool:stats()
+print(("stats: submitted=%d completed=%d panicked=%d"):format(s.submitted, s.completed, s.panicked))
