@@ -1,9 +1,14 @@
 --- weft: job orchestration for Lua 5.4 (see README.md and DESIGN.md).
 -- The C engine is weft.core; this module adds the Lua half on top of it.
 local core = require "weft.core"
-local duration = require "weft.duration"
 
-core._bind_duration(duration.parse)
+-- The LPeg duration grammar costs about 33 KB in every Lua state, and many
+-- worker states never parse a duration string: load it on first use.
+local function parse_duration(s)
+  return require("weft.duration").parse(s)
+end
+
+core._bind_duration(parse_duration)
 
 local weft = {}
 for k, v in pairs(core) do
@@ -19,7 +24,7 @@ function weft.duration(d)
     if d ~= d or d < 0 then return nil, "duration must be a number >= 0" end
     return d
   elseif t == "string" then
-    return duration.parse(d)
+    return parse_duration(d)
   end
   error(("bad argument #1 to 'duration' (number or string expected, got %s)"):format(t), 2)
 end
