@@ -145,10 +145,13 @@ static int l_pool(lua_State *L) {
 /* Pushes the future of a successful submit, or nil and the error. */
 static int submit_result(lua_State *L, int r, weft_future *f) {
   switch (r) {
-    case WEFT_SUBMIT_OK:
+    case WEFT_SUBMIT_OK: {
+      void **g = weft_guard_object(L);  /* pushing the handle may raise */
+      *g = f;
       weft_push_object(L, (weft_object *)f);
-      weft_future_release(f);
+      weft_release(weft_guard_take(g));
       return 1;
+    }
     case WEFT_SUBMIT_CLOSED:
       lua_pushnil(L);
       lua_pushliteral(L, CLOSED_MSG);
@@ -334,8 +337,13 @@ static int p_name(lua_State *L) {
 
 static int push_outcome(lua_State *L, weft_future *f) {
   int state = weft_future_state(f);
+  weft_buf *result = weft_future_result(f);
   lua_pushboolean(L, state == WEFT_FUT_OK);
-  return 1 + weft_buf_decode(L, weft_future_result(f));
+  if (result == NULL) {  /* the worker ran out of memory reporting it */
+    lua_pushliteral(L, "not enough memory");
+    return 2;
+  }
+  return 1 + weft_buf_decode(L, result);
 }
 
 /* stack: future, [ctx], block at kc */

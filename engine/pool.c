@@ -404,11 +404,22 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
   job_free(j);
 }
 
-/* A buffer holding one string; NULL when out of memory. */
+/* Under lua_pcall: 1 = the string, 2 = the output. */
+static int string_buf_k(lua_State *L) {
+  weft_buf **out = lua_touserdata(L, 2);
+  lua_pushstring(L, lua_touserdata(L, 1));
+  *out = weft_buf_encode(L, -1, 1, "error", 0);
+  return 0;
+}
+
+/* A buffer holding one string; NULL when out of memory (the future then
+   reports "not enough memory").  Never raises. */
 static weft_buf *string_buf(lua_State *L, const char *s) {
-  lua_pushstring(L, s);
-  weft_buf *b = weft_buf_encode(L, -1, 1, "error", 0);
-  lua_pop(L, 1);
+  weft_buf *b = NULL;
+  lua_pushcfunction(L, string_buf_k);
+  lua_pushlightuserdata(L, (void *)s);
+  lua_pushlightuserdata(L, &b);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);
   return b;
 }
 
@@ -467,7 +478,8 @@ static int encode_results_k(lua_State *L) {
 
 /* The message of the error on top of L's stack, as a buffer (pops it). */
 static weft_buf *error_buf(lua_State *L) {
-  const char *msg = lua_tostring(L, -1);
+  /* only a string is read: converting anything else could allocate */
+  const char *msg = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
   weft_buf *b = string_buf(L, msg ? msg : "(error)");
   lua_pop(L, 1);
   return b;
