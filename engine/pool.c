@@ -10,9 +10,8 @@
 ** link.  w->mu guards the worker's ready list, kick flag and each of its
 ** jobs' parked / wake_pending flags; it is a leaf lock (taken under p->mu,
 ** under a context's or a future's lock by weft_job_wake, never the other
-** way round).  p->mu is held while a future of the pool resolves (its
-** waiters take only leaf locks), never while a context's lock is taken,
-** nor across any Lua call.  A worker's lua_State is touched only by
+** way round).  p->mu is never held while a context's or a future's lock
+** is taken, nor across any Lua call.  A worker's lua_State is touched only by
 ** its own thread.
 */
 #include "pool.h"
@@ -86,6 +85,7 @@ struct weft_pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;         /* start-up and join handshakes */
   int inflight, nqueued;
+  int resolving;             /* finished jobs whose future is resolving */
   weft_job *newq, *newq_tail, *waitq, *waitq_tail;
   weft_waiter *admit_waiters, *idle_waiters;
   worker *idle;
@@ -368,10 +368,12 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
   weft_pool *p = w->pool;
   if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
   if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
-  /* Counted, slot freed and future resolved in one step under p->mu:
-     whoever sees the future resolved sees the statistics add up, and a
-     submit admitted into the freed slot sees the future resolved.  The
-     future's waiters take only leaf locks, so p->mu -> f->mu is safe. */
+  /* Counted and slot freed under p->mu, then the future resolved with no
+     lock held (its wake-up is a syscall: under p->mu it made the woken
+     thread and the workers convoy on p->mu), then the blocked submits and
+     idle waiters woken.  So whoever sees the future resolved sees the
+     statistics add up and the slot free, and a blocked submit admitted
+     into the slot sees the future resolved. */
   pthread_mutex_lock(&p->mu);
   switch (outcome) {
     case OUT_COMPLETED: p->completed++; break;
@@ -396,9 +398,13 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     p->inflight++;
     push(&p->newq, &p->newq_tail, next);
   }
+  p->resolving++;  /* not idle until the future is resolved */
+  pthread_mutex_unlock(&p->mu);
   weft_future_resolve(j->future, state, result);
+  pthread_mutex_lock(&p->mu);
+  p->resolving--;
   weft_waiters_wake_all(&p->admit_waiters);
-  if (p->inflight == 0 && p->nqueued == 0)
+  if (p->inflight == 0 && p->nqueued == 0 && p->resolving == 0)
     weft_waiters_wake_all(&p->idle_waiters);
   pthread_mutex_unlock(&p->mu);
   job_free(j);
@@ -946,7 +952,7 @@ void weft_pool_remove_admit_waiter(weft_pool *p, weft_waiter *w) {
 
 bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w) {
   pthread_mutex_lock(&p->mu);
-  bool busy = p->inflight > 0 || p->nqueued > 0;
+  bool busy = p->inflight > 0 || p->nqueued > 0 || p->resolving > 0;
   if (busy) weft_waiters_add(&p->idle_waiters, w);
   pthread_mutex_unlock(&p->mu);
   return busy;
