@@ -339,11 +339,11 @@ describe("submit and future:wait", function()
     cancel()
     local ok, a, b = await(f)
     assert.is_true(weft.now() - t0 < 2)
-    if ok then -- the job saw the cancel and returned
-      assert.same({ true, CANCELED }, { a, b })
-    else -- hard cancel: the job's outcome is its context's error
-      assert.equal(CANCELED, a)
-    end
+    -- hard cancel (the default): the job resumes with the hook armed, so its
+    -- next instruction raises and its outcome is its context's error
+    assert.is_false(ok)
+    assert.equal(CANCELED, a)
+    assert.is_nil(b)
   end)
 
   it("raises for bad arguments", function()
