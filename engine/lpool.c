@@ -165,33 +165,46 @@ static int submit_result(lua_State *L, int r, weft_future *f) {
   }
 }
 
-/* Checks pool, ctx, fn; encodes fn and the arguments into a guard it
-   pushes (at the top). */
-static void **prepare_call(lua_State *L) {
-  check_pool(L, 1);
-  weft_check_ctx(L, 2);
+/* A submit's checked arguments, and its encoded call (fn and arguments)
+   in a guard pushed at the top. */
+typedef struct call {
+  weft_pool *pool;
+  weft_ctx *ctx;
+  void **guard;
+} call;
+
+static call prepare_call(lua_State *L) {
+  call c;
+  c.pool = check_pool(L, 1);
+  c.ctx = weft_check_ctx(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int n = lua_gettop(L) - 2;
-  void **g = weft_guard_buf(L);
-  *g = weft_buf_encode(L, 3, n, "args", 1);
-  return g;
+  c.guard = weft_guard_buf(L);
+  *c.guard = weft_buf_encode(L, 3, n, "args", 1);
+  return c;
 }
 
-static int p_try_submit(lua_State *L) {
-  void **g = prepare_call(L);
+/* Tries the submit once without blocking: pushes its results and returns
+   their count; when the pool is full, returns 0 unless saturated says to
+   push nil, weft.SATURATED. */
+static int submit_once(lua_State *L, const call *c, bool saturated) {
   weft_future *f = NULL;
-  int r = weft_pool_try_submit(check_pool(L, 1), weft_check_ctx(L, 2), *g, &f);
-  if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
+  int r = weft_pool_try_submit(c->pool, c->ctx, *c->guard, &f);
+  if (r == WEFT_SUBMIT_FULL && !saturated) return 0;
+  if (r == WEFT_SUBMIT_OK) weft_guard_take(c->guard);  /* the job owns it */
   return submit_result(L, r, f);
 }
 
-/* stack: pool, ctx, ... , guard (call), block at kc */
+static int p_try_submit(lua_State *L) {
+  call c = prepare_call(L);
+  return submit_once(L, &c, true);
+}
+
+/* stack: pool, ctx, ..., guard (call) at kc - 1, block at kc */
 static int submit_k(lua_State *L, int status, lua_KContext kc) {
   (void)status;
   weft_block *b = lua_touserdata(L, (int)kc);
-  void **g = lua_touserdata(L, (int)kc - 1);
-  weft_pool *p = check_pool(L, 1);
-  weft_ctx *ctx = weft_check_ctx(L, 2);
+  call c = {check_pool(L, 1), weft_check_ctx(L, 2), lua_touserdata(L, (int)kc - 1)};
   for (;;) {
     weft_block_reset(b);
     const char *dl = weft_block_deadlock(b);
@@ -200,33 +213,24 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
       lua_pushstring(L, dl);
       return 2;
     }
-    int err = weft_ctx_err(ctx);
+    int err = weft_ctx_err(c.ctx);
     if (err != WEFT_LIVE) {
       lua_pushnil(L);
       lua_pushstring(L, weft_ctx_errmsg(err));
       return 2;
     }
-    weft_future *f = NULL;
-    int r = weft_pool_try_submit(p, ctx, *g, &f);
-    if (r != WEFT_SUBMIT_FULL) {
-      if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
-      return submit_result(L, r, f);
-    }
-    if (!weft_block_on_ctx(b, ctx) || !weft_block_on_admit(b, p)) continue;
+    int n = submit_once(L, &c, false);
+    if (n > 0) return n;
+    if (!weft_block_on_ctx(b, c.ctx) || !weft_block_on_admit(b, c.pool)) continue;
     weft_block_wait(L, b, kc, submit_k);
   }
 }
 
 static int p_submit(lua_State *L) {
-  void **g = prepare_call(L);
-  weft_ctx *ctx = weft_check_ctx(L, 2);
-  if (weft_ctx_err(ctx) == WEFT_LIVE) {  /* fast path: room now */
-    weft_future *f = NULL;
-    int r = weft_pool_try_submit(check_pool(L, 1), ctx, *g, &f);
-    if (r != WEFT_SUBMIT_FULL) {
-      if (r == WEFT_SUBMIT_OK) weft_guard_take(g);
-      return submit_result(L, r, f);
-    }
+  call c = prepare_call(L);
+  if (weft_ctx_err(c.ctx) == WEFT_LIVE) {  /* fast path: room now, no block */
+    int n = submit_once(L, &c, false);
+    if (n > 0) return n;
   }
   weft_block_new(L);
   return submit_k(L, LUA_OK, lua_gettop(L));

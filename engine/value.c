@@ -179,7 +179,7 @@ typedef struct enc {
   size_t nframes, fcap;
   pmap seen;
   int globals;       /* stack slot of the sender's globals */
-  int cfuncs;        /* stack slot of the C function index, or 0 */
+  int cfuncs;        /* stack slot of the package.loaded index (nil until used) */
   int first, n;      /* the values to encode */
   const char *root;
   int index;
