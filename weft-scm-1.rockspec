@@ -29,8 +29,10 @@ build = {
   modules = {
     ["weft.core"] = {
       sources = {
+        "engine/channel.c",
         "engine/context.c",
         "engine/future.c",
+        "engine/lchan.c",
         "engine/lcontext.c",
         "engine/lpool.c",
         "engine/lwait.c",

@@ -6,6 +6,7 @@
 #define WEFT_BINDING_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <lua.h>
 
@@ -41,6 +42,17 @@ struct weft_pool;
 typedef struct weft_block weft_block;
 
 weft_block *weft_block_new(lua_State *L);        /* pushes it */
+/*
+** A block with extra zeroed space for registrations the caller keeps
+** itself (channel operations): reset calls hook(extra, false) first, to
+** undo them; __gc calls hook(extra, false) then hook(extra, true), to free
+** what they hold.  The hook must not raise.
+*/
+struct weft_park;
+weft_block *weft_block_new_ex(lua_State *L, size_t extra,
+                              void (*hook)(void *extra, bool final));
+void *weft_block_extra(weft_block *b);
+struct weft_park *weft_block_park(weft_block *b);
 void weft_block_reset(weft_block *b);             /* unregisters all */
 /* Arms a timeout (once, before the loop); may raise. */
 void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds);
@@ -66,5 +78,8 @@ int weft_ctx_wait_lua(lua_State *L);
 
 /* Adds the pool and future functions (lpool.c). */
 void weft_open_pool(lua_State *L);
+
+/* Adds weft.chan, weft.select and the channel metatable (lchan.c). */
+void weft_open_chan(lua_State *L);
 
 #endif

@@ -10,6 +10,7 @@
 */
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -29,6 +30,8 @@ struct weft_block {
   weft_park park;
   bool park_ready;
   weft_ctx *timer;  /* a deadline context for the timeout, retained */
+  void (*hook)(void *extra, bool final);  /* extra registrations */
+  void *extra;
   int n;
   struct {
     int kind;
@@ -38,6 +41,7 @@ struct weft_block {
 };
 
 void weft_block_reset(weft_block *b) {
+  if (b->hook != NULL) b->hook(b->extra, false);
   for (int i = 0; i < b->n; i++) {
     weft_waiter *w = &b->src[i].pw.w;
     switch (b->src[i].kind) {
@@ -55,6 +59,7 @@ static int block_gc(lua_State *L) {
   weft_block *b = lua_touserdata(L, 1);
   if (!b->park_ready) return 0;
   weft_block_reset(b);
+  if (b->hook != NULL) b->hook(b->extra, true);
   if (b->timer != NULL) weft_ctx_release(b->timer);
   b->timer = NULL;
   weft_park_destroy(&b->park);
@@ -62,9 +67,15 @@ static int block_gc(lua_State *L) {
   return 0;
 }
 
-weft_block *weft_block_new(lua_State *L) {
-  weft_block *b = lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
+/* The extra space starts at the first maximally aligned offset past b. */
+#define ALIGN _Alignof(max_align_t)
+#define EXTRA_OFFSET ((sizeof(weft_block) + ALIGN - 1) / ALIGN * ALIGN)
+
+weft_block *weft_block_new_ex(lua_State *L, size_t extra,
+                              void (*hook)(void *extra, bool final)) {
+  weft_block *b = lua_newuserdatauv(L, EXTRA_OFFSET + extra, 0);
+  memset(b, 0, EXTRA_OFFSET + extra);
+  if (extra > 0) b->extra = (char *)b + EXTRA_OFFSET;
   if (luaL_newmetatable(L, BLOCK_MT)) {
     lua_pushcfunction(L, block_gc);
     lua_setfield(L, -2, "__gc");
@@ -73,8 +84,17 @@ weft_block *weft_block_new(lua_State *L) {
   int e = weft_park_init(&b->park, L);
   if (e != 0) luaL_error(L, "weft: cannot wait: %s", strerror(e));
   b->park_ready = true;
+  b->hook = hook;  /* only once the park is ready: the hook may wake it */
   return b;
 }
+
+weft_block *weft_block_new(lua_State *L) {
+  return weft_block_new_ex(L, 0, NULL);
+}
+
+void *weft_block_extra(weft_block *b) { return b->extra; }
+
+weft_park *weft_block_park(weft_block *b) { return &b->park; }
 
 void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
   if (isinf(seconds) || b->timer != NULL) return;

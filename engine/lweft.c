@@ -122,5 +122,6 @@ int luaopen_weft_core(lua_State *L) {
   lua_setfield(L, -2, "DEADLINE_EXCEEDED");
   weft_open_context(L);
   weft_open_pool(L);
+  weft_open_chan(L);
   return 1;
 }
