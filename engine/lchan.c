@@ -34,19 +34,6 @@ static int push_closed(lua_State *L) {
 
 static int nomem(lua_State *L) { return luaL_error(L, "not enough memory"); }
 
-/* Decodes b's one value and releases b, raising only once b is released. */
-static int decode_k(lua_State *L) {
-  return weft_buf_decode(L, lua_touserdata(L, 1));
-}
-
-static void push_message(lua_State *L, weft_buf *b) {
-  lua_pushcfunction(L, decode_k);
-  lua_pushlightuserdata(L, b);
-  int st = lua_pcall(L, 1, 1, 0);
-  weft_buf_release(b);
-  if (st != LUA_OK) lua_error(L);
-}
-
 /* ---------------------------------------------------------------------- */
 /* waiting calls */
 
@@ -128,7 +115,7 @@ static int push_outcome(lua_State *L, chanwait *w, weft_chan_op *op,
   } else {
     weft_buf *b = op->buf;
     op->buf = NULL;
-    push_message(L, b);
+    weft_buf_decode_release(L, b);
   }
   return n + 1;
 }
@@ -180,7 +167,7 @@ static int chanwait_k(lua_State *L, int status, lua_KContext kc) {
       lua_pushinteger(L, 0);
       return 1;
     }
-    if (!weft_block_on_ctx(b, w->ctx)) continue;
+    if (weft_ctx_can_end(w->ctx) && !weft_block_on_ctx(b, w->ctx)) continue;
     int i = 0;
     while (i < w->n && weft_chan_enqueue(&w->ops[i])) i++;
     if (i < w->n) continue; /* one became ready: try again */
@@ -238,7 +225,7 @@ static int recv(lua_State *L) {
     weft_buf *v;
     int r = weft_chan_try_recv(ch, &v);
     if (r == WEFT_CHAN_OK) {
-      push_message(L, v);
+      weft_buf_decode_release(L, v);
       return 1;
     }
     if (r == WEFT_CHAN_CLOSED) return push_closed(L);
@@ -271,7 +258,7 @@ static int c_try_recv(lua_State *L) {
   weft_buf *v;
   int r = weft_chan_try_recv(check_chan(L, 1), &v);
   if (r == WEFT_CHAN_OK) {
-    push_message(L, v);
+    weft_buf_decode_release(L, v);
     return 1;
   }
   if (r == WEFT_CHAN_CLOSED) return push_closed(L);

@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdatomic.h>
@@ -65,6 +66,7 @@ struct worker {
   pthread_cond_t cv;
   weft_job *ready, *ready_tail;  /* mu: woken jobs, to resume */
   bool kicked;                   /* mu */
+  int nparked;                   /* mu: its jobs parked, not woken */
   _Atomic(weft_job *) current;   /* written by the worker thread only */
   worker *idle_next;             /* p->mu */
   bool idle;                     /* p->mu */
@@ -228,6 +230,7 @@ void weft_job_wake(weft_job *j) {
   pthread_mutex_lock(&w->mu);
   if (j->parked) {
     j->parked = false;
+    w->nparked--;
     atomic_fetch_sub(&j->pool->parked, 1);
     j->ready = true;
     push(&w->ready, &w->ready_tail, j);
@@ -338,6 +341,38 @@ static void detect_deadlock(weft_pool *p) {
   }
 }
 
+/*
+** An idle worker whose own jobs are parked spins a little (w->mu held on
+** entry and exit, released while it spins) before it sleeps: a job parked
+** on a channel is usually woken within microseconds, sooner than a
+** sleeping thread can be woken and scheduled.  After the first rounds it
+** yields the CPU between checks, so that a thread it shares a core with
+** (maybe the very one about to wake it) can run.
+*/
+#define SPIN_SECONDS 50e-6
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+static void spin(worker *w) {
+  if (w->nparked == 0) return;
+  double until = weft_now() + SPIN_SECONDS;
+  for (int round = 0; w->ready == NULL && !w->kicked; round++) {
+    if (round % 8 == 7 && weft_now() >= until) break;
+    pthread_mutex_unlock(&w->mu);
+    if (round < 8)
+      for (int i = 0; i < 16; i++) cpu_relax();
+    else
+      sched_yield();
+    pthread_mutex_lock(&w->mu);
+  }
+}
+
 /* The job yielded to park: park it, unless it was woken meanwhile. */
 static void parked(worker *w, weft_job *j) {
   pthread_mutex_lock(&w->mu);
@@ -347,6 +382,7 @@ static void parked(worker *w, weft_job *j) {
     push(&w->ready, &w->ready_tail, j);
   } else {
     j->parked = true;
+    w->nparked++;
     atomic_fetch_add(&j->pool->parked, 1);
   }
   pthread_mutex_unlock(&w->mu);
@@ -777,6 +813,7 @@ static void *worker_main(void *arg) {
     }
     pthread_mutex_lock(&w->mu);
     pthread_mutex_unlock(&p->mu);
+    spin(w);
     while (w->ready == NULL && !w->kicked) pthread_cond_wait(&w->cv, &w->mu);
     w->kicked = false;
     pthread_mutex_unlock(&w->mu);

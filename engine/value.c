@@ -52,18 +52,28 @@ struct weft_buf {
   size_t len, cap;
   weft_object **handles;
   size_t nhandles, hcap;
+  size_t icap;  /* bytes of inline data after the struct */
 };
+
+#define INLINE_DATA 48  /* most scalars and small tables fit */
+
+static unsigned char *inline_data(weft_buf *b) {
+  return (unsigned char *)(b + 1);
+}
 
 /* ---------------------------------------------------------------------- */
 /* buffers */
 
-static weft_buf *buf_new(weft_runtime *rt) {
-  weft_buf *b = weft_alloc(rt, sizeof *b);
+/* A buffer whose data starts inline, with room for icap bytes. */
+static weft_buf *buf_new(weft_runtime *rt, size_t icap) {
+  weft_buf *b = weft_alloc(rt, sizeof *b + icap);
   if (b == NULL) return NULL;
   memset(b, 0, sizeof *b);
   atomic_init(&b->refs, 1);
   weft_runtime_retain(rt);
   b->rt = rt;
+  b->icap = b->cap = icap;
+  b->data = inline_data(b);
   return b;
 }
 
@@ -78,8 +88,8 @@ void weft_buf_release(weft_buf *b) {
   weft_runtime *rt = b->rt;
   for (size_t i = 0; i < b->nhandles; i++) weft_release(b->handles[i]);
   weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
-  weft_free(rt, b->data, b->cap);
-  weft_free(rt, b, sizeof *b);
+  if (b->data != inline_data(b)) weft_free(rt, b->data, b->cap);
+  weft_free(rt, b, sizeof *b + b->icap);
   weft_runtime_release(rt);
 }
 
@@ -199,7 +209,17 @@ static void *grow(enc *e, void *p, size_t *cap, size_t need, size_t size) {
 
 static unsigned char *reserve(enc *e, size_t n) {
   weft_buf *b = e->b;
-  if (b->cap - b->len < n) b->data = grow(e, b->data, &b->cap, b->len + n, 1);
+  if (b->cap - b->len < n) {
+    if (b->data == inline_data(b)) {  /* move out of the inline space */
+      size_t cap = 0;
+      unsigned char *p = grow(e, NULL, &cap, b->len + n, 1);
+      memcpy(p, b->data, b->len);
+      b->data = p;
+      b->cap = cap;
+    } else {
+      b->data = grow(e, b->data, &b->cap, b->len + n, 1);
+    }
+  }
   unsigned char *p = b->data + b->len;
   b->len += n;
   return p;
@@ -598,17 +618,65 @@ static int encode_k(lua_State *L) {
   return 0;
 }
 
+/* One scalar, without a protected call; NULL when v is not a scalar. */
+static weft_buf *encode_scalar(lua_State *L, weft_runtime *rt, int v) {
+  unsigned char tag;
+  const void *p = NULL;
+  size_t len = 0;
+  lua_Integer i;
+  lua_Number d;
+  switch (lua_type(L, v)) {
+    case LUA_TNIL: tag = T_NIL; break;
+    case LUA_TBOOLEAN: tag = lua_toboolean(L, v) ? T_TRUE : T_FALSE; break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, v)) {
+        tag = T_INT;
+        i = lua_tointeger(L, v);
+        p = &i, len = sizeof i;
+      } else {
+        tag = T_FLT;
+        d = lua_tonumber(L, v);
+        p = &d, len = sizeof d;
+      }
+      break;
+    case LUA_TSTRING:
+      tag = T_STR;
+      p = lua_tolstring(L, v, &len);
+      break;
+    default: return NULL;
+  }
+  unsigned char head[11];
+  size_t h = 0;
+  head[h++] = tag;
+  if (tag == T_STR)
+    for (size_t x = len;; x >>= 7) {  /* the varint of put_varint */
+      head[h++] = (unsigned char)((x & 0x7f) | (x > 0x7f ? 0x80 : 0));
+      if (x <= 0x7f) break;
+    }
+  weft_buf *b = buf_new(rt, h + len);
+  if (b == NULL) luaL_error(L, "not enough memory");
+  b->count = 1;
+  memcpy(b->data, head, h);
+  if (len > 0) memcpy(b->data + h, p, len);
+  b->len = h + len;
+  return b;
+}
+
 weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
                           bool index) {
   weft_runtime *rt = weft_runtime_of(L);
   idx = lua_absindex(L, idx);
+  if (n == 1) {
+    weft_buf *b = encode_scalar(L, rt, idx);
+    if (b != NULL) return b;
+  }
   enc e;
   memset(&e, 0, sizeof e);
   e.L = L;
   e.n = n;
   e.root = root;
   e.index = index;
-  e.b = buf_new(rt);
+  e.b = buf_new(rt, INLINE_DATA);
   if (e.b == NULL) luaL_error(L, "not enough memory");
   e.b->count = n;
   if (!lua_checkstack(L, n + 4)) {
@@ -891,7 +959,8 @@ static void dstep(dec *d) {
 /* Under lua_pcall: 1 = the decoder. */
 static int decode_k(lua_State *L) {
   dec *d = lua_touserdata(L, 1);
-  lua_createtable(L, (int)d->b->nids, 0);
+  if (d->b->nids > 0) lua_createtable(L, (int)d->b->nids, 0);
+  else lua_pushnil(L);
   d->ids = lua_gettop(L);
   lua_pushnil(L);
   d->metas = lua_gettop(L);
@@ -908,17 +977,53 @@ static int decode_k(lua_State *L) {
   return d->b->count;
 }
 
-int weft_buf_decode(lua_State *L, const weft_buf *b) {
+/* Pushes the one scalar b holds that cannot raise (no string); else
+   returns false and pushes nothing. */
+static bool decode_plain(lua_State *L, const weft_buf *b) {
+  if (b->count != 1 || b->len == 0) return false;
+  dec d = {.L = L, .b = b};
+  switch (b->data[0]) {
+    case T_NIL: case T_FALSE: case T_TRUE: case T_INT: case T_FLT:
+      if (!lua_checkstack(L, 1)) return false;
+      decode_value(&d);
+      return true;
+    default: return false;
+  }
+}
+
+/* Decodes b under a protected call: its status, the error on top. */
+static int decode_protected(lua_State *L, const weft_buf *b) {
   dec d;
   memset(&d, 0, sizeof d);
   d.L = L;
   d.b = b;
-  if (!lua_checkstack(L, b->count + 8))
-    luaL_error(L, "too many values to copy");
   lua_pushcfunction(L, decode_k);
   lua_pushlightuserdata(L, &d);
   int status = lua_pcall(L, 1, b->count, 0);
   weft_free(b->rt, d.frames, d.fcap * sizeof *d.frames);
-  if (status != LUA_OK) lua_error(L);
+  return status;
+}
+
+int weft_buf_decode(lua_State *L, const weft_buf *b) {
+  if (decode_plain(L, b)) return 1;
+  if (!lua_checkstack(L, b->count + 8))
+    luaL_error(L, "too many values to copy");
+  if (decode_protected(L, b) != LUA_OK) lua_error(L);
   return b->count;
+}
+
+int weft_buf_decode_release(lua_State *L, weft_buf *b) {
+  int n = b->count;
+  if (decode_plain(L, b)) {
+    weft_buf_release(b);
+    return 1;
+  }
+  if (!lua_checkstack(L, n + 8)) {
+    weft_buf_release(b);
+    luaL_error(L, "too many values to copy");
+  }
+  int status = decode_protected(L, b);
+  weft_buf_release(b);
+  if (status != LUA_OK) lua_error(L);
+  return n;
 }

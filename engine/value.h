@@ -35,6 +35,8 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
 ** Any number of threads may decode one buffer at once.
 */
 int weft_buf_decode(lua_State *L, const weft_buf *b);
+/* The same, then drops the caller's reference to b (also when it raises). */
+int weft_buf_decode_release(lua_State *L, weft_buf *b);
 
 int weft_buf_count(const weft_buf *b);
 void weft_buf_retain(weft_buf *b);
