@@ -81,8 +81,16 @@ weft_object *weft_to_object(lua_State *L, int idx) {
   return is_handle ? h->obj : NULL;
 }
 
+/* The class a handle's metatable names (no string lookup: hot path). */
 weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls) {
-  handle *h = luaL_checkudata(L, arg, cls->name);
+  handle *h = lua_touserdata(L, arg);
+  const void *c = NULL;
+  if (h != NULL && !lua_islightuserdata(L, arg) && lua_getmetatable(L, arg)) {
+    if (lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA)
+      c = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+  }
+  if (c != cls) luaL_typeerror(L, arg, cls->name);
   if (h->obj == NULL) luaL_argerror(L, arg, "handle already released");
   return h->obj;
 }

@@ -70,8 +70,7 @@ static weft_buf *buf_new(weft_runtime *rt, size_t icap) {
   if (b == NULL) return NULL;
   memset(b, 0, sizeof *b);
   atomic_init(&b->refs, 1);
-  weft_runtime_retain(rt);
-  b->rt = rt;
+  b->rt = rt;  /* not retained: see value.h */
   b->icap = b->cap = icap;
   b->data = inline_data(b);
   return b;
@@ -90,7 +89,6 @@ void weft_buf_release(weft_buf *b) {
   weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
   if (b->data != inline_data(b)) weft_free(rt, b->data, b->cap);
   weft_free(rt, b, sizeof *b + b->icap);
-  weft_runtime_release(rt);
 }
 
 int weft_buf_count(const weft_buf *b) { return b->count; }

@@ -5,7 +5,10 @@
 **
 ** A buffer is immutable once encoded and reference counted, so it may be
 ** read by several threads at once and kept by shared objects (context
-** values, causes, later channel messages).
+** values, causes, channel messages).  It does not own a reference to its
+** runtime (whose allocator frees it): whoever holds a buffer keeps the
+** runtime alive until the buffer is released (an engine object releases
+** its buffers before its runtime; a call holds its state's binding).
 */
 #ifndef WEFT_VALUE_H
 #define WEFT_VALUE_H
