@@ -441,6 +441,14 @@ int weft_ctx_wait_lua(lua_State *L) {
   return ctxwait_k(L, LUA_OK, 0);
 }
 
+/* weft._current_pool(): the pool of the worker running this state, or nil */
+static int l_current_pool(lua_State *L) {
+  weft_pool *p = weft_pool_of_state(L);
+  if (p == NULL) return 0;
+  weft_push_object(L, (weft_object *)p);
+  return 1;
+}
+
 /* ---------------------------------------------------------------------- */
 
 static const luaL_Reg pool_methods[] = {
@@ -463,6 +471,8 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "pool");
   lua_pushcfunction(L, l_sleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, l_current_pool);
+  lua_setfield(L, -2, "_current_pool");
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

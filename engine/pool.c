@@ -215,6 +215,14 @@ static void cancel_wake(weft_waiter *wt) {
 /* ---------------------------------------------------------------------- */
 /* jobs */
 
+weft_pool *weft_pool_of_state(lua_State *L) {
+  worker *w = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
+    w = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return w != NULL ? w->pool : NULL;
+}
+
 weft_job *weft_job_of(lua_State *L) {
   worker *w = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)

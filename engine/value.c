@@ -17,7 +17,9 @@
 ** Format: a byte stream of tagged values.  Tables and Lua functions get ids
 ** in order of appearance (one id space per buffer, so aliasing across the
 ** values of one list survives); a later occurrence is a T_REF.  A table is
-** T_TABLE narr nrec, key/value pairs, T_END, then its metatable (a value,
+** T_TABLE narr nrec, its array run (a count n, then the values of keys
+** 1..n, T_NIL for a hole: n is a border of the table), the other key/value
+** pairs, T_END, then its metatable (a value,
 ** nil for none).  A function is T_LFUNC, its bytecode, its upvalue count and
 ** each upvalue: a value, or T_UPJOIN fid n for an upvalue shared with
 ** upvalue n of function fid.  An upvalue named _ENV, whatever it holds
@@ -170,7 +172,7 @@ static bool pmap_put(weft_runtime *rt, pmap *m, const void *p, uint64_t v) {
 enum { F_TABLE, F_FUNC };
 /* table phases: the next lua_next, the value of the current key, popping
    the value, the metatable */
-enum { P_NEXT, P_VALUE, P_POP, P_META };
+enum { P_ARRAY, P_NEXT, P_VALUE, P_POP, P_META };
 
 typedef struct eframe {
   int kind, phase;
@@ -178,6 +180,7 @@ typedef struct eframe {
   int up, nups;   /* functions: the upvalue being written, their count */
   size_t counts;  /* tables: offset of narr/nrec, patched at T_END */
   uint32_t narr, nrec;
+  lua_Integer i, alen;  /* tables: the array run, its next index */
 } eframe;
 
 typedef struct enc {
@@ -223,6 +226,14 @@ static unsigned char *reserve(enc *e, size_t n) {
   return p;
 }
 
+/* Room for n more bytes, without writing them. */
+static void ensure(enc *e, size_t n) {
+  if (e->b->cap - e->b->len < n) {
+    reserve(e, n);
+    e->b->len -= n;
+  }
+}
+
 static void put_byte(enc *e, int c) { *reserve(e, 1) = (unsigned char)c; }
 
 static void put_bytes(enc *e, const void *p, size_t n) {
@@ -251,6 +262,8 @@ static void add_path(lua_State *L, luaL_Buffer *B, const eframe *f) {
     const char *name = lua_getupvalue(L, f->base, f->up);
     if (name != NULL) lua_pop(L, 1);
     lua_pushfstring(L, "<upvalue %s>", name && *name ? name : "?");
+  } else if (f->phase == P_ARRAY) {
+    lua_pushfstring(L, "[%I]", (LUAI_UACINT)f->i);
   } else if (f->phase == P_META) {
     lua_pushliteral(L, "<metatable>");
   } else if (f->phase == P_VALUE) {
@@ -483,7 +496,10 @@ static void encode_value(enc *e, int v) {
       put_byte(e, T_TABLE);
       f->counts = e->b->len;
       reserve(e, 8);
-      lua_pushnil(L);  /* first key */
+      f->alen = (lua_Integer)lua_rawlen(L, v);
+      put_varint(e, (uint64_t)f->alen);
+      ensure(e, (size_t)f->alen * 9);  /* room for its scalars */
+      f->phase = P_ARRAY;
       break;
     }
     case LUA_TFUNCTION: {
@@ -569,16 +585,39 @@ static void step(enc *e) {
     return;
   }
   switch (f->phase) {
+    case P_ARRAY:  /* scalars inline; anything else through its frame */
+      lua_settop(L, base);
+      while (f->i < f->alen) {
+        int t = lua_rawgeti(L, base, ++f->i);
+        if (t != LUA_TNIL) f->narr++;
+        if (t == LUA_TTABLE || t == LUA_TFUNCTION || t == LUA_TUSERDATA ||
+            t == LUA_TTHREAD || t == LUA_TLIGHTUSERDATA) {
+          encode_value(e, base + 1);
+          return;
+        }
+        encode_value(e, base + 1);
+        lua_settop(L, base);
+      }
+      f->phase = P_NEXT;
+      lua_pushnil(L);  /* first key */
+      break;
     case P_NEXT:
-      if (lua_next(L, base)) {  /* table, key, value */
-        if (lua_isinteger(L, base + 1) && lua_tointeger(L, base + 1) > 0 &&
-            lua_tointeger(L, base + 1) <= INT32_MAX)
-          f->narr++;
-        else
+      while (lua_next(L, base)) {  /* table, key, value */
+        if (lua_isinteger(L, base + 1)) {
+          lua_Integer k = lua_tointeger(L, base + 1);
+          if (k > 0 && k <= f->alen) {  /* in the array run already */
+            lua_settop(L, base + 1);
+            continue;
+          }
+          if (k > 0 && k <= INT32_MAX) f->narr++; else f->nrec++;
+        } else {
           f->nrec++;
+        }
         f->phase = P_VALUE;
         encode_value(e, base + 1);
-      } else {  /* table */
+        return;
+      }
+      {  /* table */
         uint32_t counts[2] = {f->narr, f->nrec};
         memcpy(e->b->data + f->counts, counts, sizeof counts);
         put_byte(e, T_END);
@@ -699,12 +738,13 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
 
 /* table phases: a key or T_END, the value, the rawset, the metatable;
    function phase: an upvalue value is pending */
-enum { D_KEY, D_VAL, D_SET, D_META, D_UPVAL };
+enum { D_ARRAY, D_ARRSET, D_KEY, D_VAL, D_SET, D_META, D_UPVAL };
 
 typedef struct dframe {
   int kind, phase;
   int base;
   int up, nups;
+  lua_Integer i, alen;  /* tables: the array run, its last index set */
 } dframe;
 
 typedef struct dec {
@@ -764,7 +804,8 @@ static void dpush_frame(dec *d, int kind, int nups) {
   }
   dframe *f = &d->frames[d->nframes++];
   f->kind = kind;
-  f->phase = kind == F_TABLE ? D_KEY : 0;
+  f->phase = kind == F_TABLE ? D_ARRAY : 0;
+  f->i = f->alen = 0;
   f->base = lua_gettop(L);
   f->up = 0;
   f->nups = nups;
@@ -866,6 +907,7 @@ static void decode_value(dec *d) {
       lua_createtable(L, (int)counts[0], (int)counts[1]);
       register_id(d);
       dpush_frame(d, F_TABLE, 0);
+      d->frames[d->nframes - 1].alen = (lua_Integer)get_varint(d);
       break;
     }
     case T_REF:
@@ -922,6 +964,30 @@ static void dstep(dec *d) {
     return;
   }
   switch (f->phase) {
+    case D_ARRSET:  /* the value of key i is on top */
+      if (lua_isnil(L, -1))
+        lua_pop(L, 1);
+      else
+        lua_rawseti(L, base, f->i);
+      f->phase = D_ARRAY;
+      /* fall through */
+    case D_ARRAY:  /* scalars inline; anything else through its frame */
+      while (f->i < f->alen) {
+        f->i++;
+        int tag = d->b->data[d->pos];
+        if (tag > T_STR && tag != T_GLOBALS) {
+          f->phase = D_ARRSET;
+          decode_value(d);
+          return;
+        }
+        decode_value(d);
+        if (lua_isnil(L, -1))
+          lua_pop(L, 1);
+        else
+          lua_rawseti(L, base, f->i);
+      }
+      f->phase = D_KEY;
+      break;
     case D_KEY:
       if (d->b->data[d->pos] == T_END) {
         d->pos++;

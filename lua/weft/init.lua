@@ -29,4 +29,20 @@ function weft.duration(d)
   error(("bad argument #1 to 'duration' (number or string expected, got %s)"):format(t), 2)
 end
 
+-- The Lua-written parts load on first use, as the duration grammar does:
+-- most worker states never touch them.
+local lazy = {
+  group = "weft.group", map = "weft.group", each = "weft.group",
+  default_pool = "weft.group", set_default_workers = "weft.group",
+}
+setmetatable(weft, {
+  __index = function(t, k)
+    local m = lazy[k]
+    if m == nil then return nil end
+    local v = require(m)[k]
+    rawset(t, k, v)
+    return v
+  end,
+})
+
 return weft

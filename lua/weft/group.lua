@@ -1,0 +1,444 @@
+--- Error groups, map and each (DESIGN.md, "Error groups").
+--
+-- A group runs jobs on a pool and waits for all of them, with Go's errgroup
+-- as the baseline: g:go(fn, ...) runs fn(gctx, ...); g:wait() waits for
+-- every job and returns the first error; with on_error = "cancel" (the
+-- default) gctx is canceled as soon as a job fails, and in every case when
+-- wait returns.  Policies beyond errgroup: on_error = "collect" (every
+-- error, each with its job's index and label) or "ignore"; retries with a
+-- doubling, capped backoff; a per-job timeout.
+--
+-- Everything blocking here is a pool submit or a future wait, so a group
+-- used inside a job parks like any blocking call, and the pool's deadlock
+-- detection sees through it (a group's limit is waited out on its oldest
+-- job's future).
+--
+-- A group belongs to the state that made it (it is a plain Lua object:
+-- pass gctx to jobs, not g).
+local core = require "weft.core"
+
+local M = {}
+
+local DEFAULT_BACKOFF = 0.1
+local DEFAULT_BACKOFF_MAX = 30
+local DEFAULT_LIMIT = 1024
+
+local POLICIES = { cancel = true, collect = true, ignore = true }
+
+---------------------------------------------------------------------------
+-- The default pool: in a worker, the pool running it (nested fan-out);
+-- elsewhere one pool per state, made on first use.
+
+local default_pool
+local default_workers
+
+--- Sets the size of this state's default pool (before its first use).
+function M.set_default_workers(n)
+  if math.type(n) ~= "integer" or n < 1 then
+    error("bad argument #1 to 'set_default_workers' (integer >= 1 expected)", 2)
+  end
+  if default_pool then
+    error("set_default_workers: the default pool already exists", 2)
+  end
+  default_workers = n
+end
+
+function M.default_pool()
+  local p = core._current_pool()
+  if p then return p end
+  if not default_pool then
+    local workers = default_workers or core.ncpu()
+    default_pool = assert(core.pool {
+      workers = workers,
+      limit = math.max(DEFAULT_LIMIT, workers),
+      name = "default",
+    })
+  end
+  return default_pool
+end
+
+---------------------------------------------------------------------------
+-- The job wrapper, run in a worker: fn under xpcall with a traceback,
+-- retried as the spec says.  Returns true, results... or false, err.
+
+local function seconds(d, what, where)
+  if d == nil then return nil end
+  if type(d) == "number" and d >= 0 then return d end
+  local s, err
+  if type(d) == "string" then
+    s, err = require("weft.duration").parse(d)
+  end
+  if s == nil then
+    error(("bad option '%s' to '%s' (%s)"):format(what, where,
+      err or ("duration expected, got " .. type(d))), 4)
+  end
+  return s
+end
+
+-- A string error gets the traceback of where it was raised, without the
+-- frames of weft's own wrapper.
+local function traceback(e)
+  if type(e) ~= "string" then return e end
+  local tb = debug.traceback(e, 2)
+  local cut = tb:find("\n\t[^\n]*weft/group%.lua:")
+  return cut and tb:sub(1, cut - 1) or tb
+end
+
+-- After a failure err: the remaining tries of fn(ctx, ...), with a
+-- doubling, capped backoff; spec = {retries, backoff, backoff_max}.
+-- Returns true, results... or false, the last error.
+local function retry(spec, ctx, err, fn, ...)
+  local delay = spec.backoff
+  for _ = 1, spec.retries do
+    if ctx:err() or not core.sleep(ctx, delay) then break end
+    delay = math.min(delay * 2, spec.backoff_max)
+    local r = table.pack(xpcall(fn, traceback, ctx, ...))
+    if r[1] then return true, table.unpack(r, 2, r.n) end
+    err = r[2]
+  end
+  return false, err
+end
+
+-- Tells the group's context about a failure (cancel policy): the first
+-- cancel wins, so gctx:cause() is the first error.
+local function report(spec, err)
+  if spec.cancel and not pcall(spec.cancel, err) then
+    spec.cancel(tostring(err))
+  end
+end
+
+-- A job of a group: fn(ctx, ...) -> true, results... | false, err
+local function run_job(ctx, spec, fn, ...)
+  local r = table.pack(xpcall(fn, traceback, ctx, ...))
+  if not r[1] and spec.retries > 0 then
+    r = table.pack(retry(spec, ctx, r[2], fn, ...))
+  end
+  if not r[1] then report(spec, r[2]) end
+  return table.unpack(r, 1, r.n)
+end
+
+-- A batch of map/each: items[1..n] are items first..first+n-1.  The items
+-- run in one protected loop, so an item costs about a Lua call; a failure
+-- is retried (or recorded) alone and the loop goes on after it.  Returns
+-- the results (map) and the failures as {index, err} pairs.
+local function run_batch(ctx, spec, fn, items, n, first, keep)
+  local out = keep and {} or nil
+  local failures
+  local pos = 1
+  local function loop()
+    for k = pos, n do
+      pos = k
+      local v = fn(ctx, items[k], first + k - 1)
+      if keep then out[k] = v end
+    end
+    pos = n + 1
+  end
+  while pos <= n do
+    local ok, err = xpcall(loop, traceback)
+    if ok then break end
+    local k = pos
+    local v
+    if spec.retries > 0 then
+      ok, v = retry(spec, ctx, err, fn, items[k], first + k - 1)
+    else
+      v = err
+    end
+    if ok then
+      if keep then out[k] = v end
+    else
+      failures = failures or {}
+      failures[#failures + 1] = { first + k - 1, v }
+      report(spec, v)
+      if spec.cancel then break end
+    end
+    pos = k + 1
+  end
+  return out, failures
+end
+
+---------------------------------------------------------------------------
+-- groups
+
+local Group = {}
+Group.__index = Group
+
+local OPTIONS = {
+  pool = true, limit = true, on_error = true, retries = true,
+  backoff = true, backoff_max = true, timeout = true,
+}
+
+local function check_limit(n, where)
+  if n ~= nil and (math.type(n) ~= "integer" or n < 1) then
+    error(("bad option 'limit' to '%s' (integer >= 1 expected)"):format(where), 3)
+  end
+  return n
+end
+
+local function new_group(ctx, opts, where)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #2 to '%s' (table expected, got %s)"):format(where, type(opts)), 3)
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if not OPTIONS[k] and not (where ~= "group" and (k == "batch")) then
+      error(("bad argument #2 to '%s' (unknown option %s)"):format(where, tostring(k)), 3)
+    end
+  end
+  local policy = opts.on_error or "cancel"
+  if not POLICIES[policy] then
+    error(("bad option 'on_error' to '%s' (cancel, collect or ignore expected, got %s)")
+      :format(where, tostring(policy)), 3)
+  end
+  local retries = opts.retries or 0
+  if math.type(retries) ~= "integer" or retries < 0 then
+    error(("bad option 'retries' to '%s' (integer >= 0 expected)"):format(where), 3)
+  end
+  local gctx, cancel = core.with_cancel(ctx)
+  local g = setmetatable({
+    parent = ctx,
+    ctx = gctx,
+    cancel = cancel,
+    pool = opts.pool or M.default_pool(),
+    limit = check_limit(opts.limit, where),
+    policy = policy,
+    timeout = seconds(opts.timeout, "timeout", where),
+    spec = {
+      retries = retries,
+      backoff = seconds(opts.backoff, "backoff", where) or DEFAULT_BACKOFF,
+      backoff_max = seconds(opts.backoff_max, "backoff_max", where) or DEFAULT_BACKOFF_MAX,
+      cancel = policy == "cancel" and cancel or nil,
+    },
+    n = 0,          -- jobs started with go
+    head = 1,       -- jobs[head..tail]: not reaped yet
+    tail = 0,
+    jobs = {},      -- {future, index, label, batch = {first, n}}
+    errors = {},    -- {index, label, error}
+    waited = false,
+  }, Group)
+  return g, gctx
+end
+
+--- weft.group(ctx, opts) -> g, gctx
+function M.group(ctx, opts)
+  return new_group(ctx, opts, "group")
+end
+
+function Group:active()
+  return self.tail - self.head + 1
+end
+
+function Group:fail(index, label, err)
+  local errs = self.errors
+  errs[#errs + 1] = { index = index, label = label, error = err }
+  if self.policy == "cancel" then report(self.spec, err) end
+end
+
+-- Collects the oldest job (waiting for it).  Its results go to on_result.
+function Group:reap()
+  local job = self.jobs[self.head]
+  self.jobs[self.head] = nil
+  self.head = self.head + 1
+  local r = table.pack(job.future:wait())
+  if job.batch then
+    if r[1] then
+      local out, failures = r[2], r[3]
+      if self.on_batch then self.on_batch(job.batch, out) end
+      for _, f in ipairs(failures or {}) do
+        self:fail(f[1], nil, f[2])
+      end
+    else  -- the batch itself failed (hard cancel, deadlock): all of it
+      self:fail(job.index, job.label, r[2])
+    end
+  elseif r[1] == nil or r[1] == false then  -- deadlock, or killed/canceled
+    self:fail(job.index, job.label, r[2])
+  elseif r[2] == false then
+    self:fail(job.index, job.label, r[3])
+  end
+end
+
+-- Reaps the jobs already done at the head (no waiting).
+function Group:reap_done()
+  while self.head <= self.tail and self.jobs[self.head].future:done() do
+    self:reap()
+  end
+end
+
+function Group:check_go(where)
+  if self.waited then
+    error(("%s: the group was waited on (its context is canceled); "
+      .. "make a new group"):format(where), 3)
+  end
+end
+
+function Group:submit(try, label, batch, fn, ...)
+  self:reap_done()
+  if self.limit then
+    if try and self:active() >= self.limit then return false end
+    while self:active() >= self.limit do self:reap() end
+  end
+  local jctx = self.ctx
+  if self.timeout then jctx = core.with_timeout(self.ctx, self.timeout) end
+  local f, err
+  if try then
+    f, err = self.pool:try_submit(jctx, batch and run_batch or run_job, self.spec, fn, ...)
+    if not f and err == core.SATURATED then return false end
+  else
+    f, err = self.pool:submit(jctx, batch and run_batch or run_job, self.spec, fn, ...)
+  end
+  self.n = self.n + 1
+  local index = batch and batch[1] or self.n
+  if not f then
+    self:fail(index, label, err)
+    return true
+  end
+  self.tail = self.tail + 1
+  self.jobs[self.tail] = { future = f, index = index, label = label, batch = batch }
+  return true
+end
+
+--- g:go(fn, ...): runs fn(gctx, ...) on the group's pool; blocks while the
+-- group has `limit` jobs running.
+function Group:go(fn, ...)
+  self:check_go("go")
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'go' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  self:submit(false, nil, nil, fn, ...)
+end
+
+--- g:go_label(label, fn, ...): the same, naming the job in errors.
+function Group:go_label(label, fn, ...)
+  self:check_go("go_label")
+  if type(fn) ~= "function" then
+    error(("bad argument #2 to 'go_label' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  self:submit(false, label, nil, fn, ...)
+end
+
+--- g:try_go(fn, ...) -> boolean: false, without waiting, when the group is
+-- at its limit or the pool is full.
+function Group:try_go(fn, ...)
+  self:check_go("try_go")
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'try_go' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  return self:submit(true, nil, nil, fn, ...)
+end
+
+--- g:set_limit(n): as Go's SetLimit; not while jobs run.
+function Group:set_limit(n)
+  if self:active() > 0 then
+    self:reap_done()
+    if self:active() > 0 then
+      error("set_limit: cannot change the limit while jobs of the group run", 2)
+    end
+  end
+  self.limit = check_limit(n, "set_limit")
+end
+
+-- The first error.  A job that fails cancels gctx with its error as the
+-- cause (and, under hard cancel, that cancel also ends the job itself, so
+-- its future may only say "context canceled"): gctx's cause is the first
+-- error, unless gctx ended with its parent.  Else the first error by index
+-- that is not a cancellation, else the first.
+local function is_cancellation(v)
+  return v == core.CANCELED or v == core.DEADLINE_EXCEEDED
+end
+
+function Group:first_error()
+  local errs = self.errors
+  if #errs == 0 then return nil end
+  local cause = self.ctx:cause()
+  if cause ~= nil and not is_cancellation(cause) and self.parent:err() == nil then
+    return cause
+  end
+  table.sort(errs, function(a, b) return a.index < b.index end)
+  for _, e in ipairs(errs) do
+    if not is_cancellation(e.error) then return e.error end
+  end
+  return errs[1].error
+end
+
+--- g:wait() -> nil | err: waits for every job; "cancel": the first error;
+-- "collect": the list of every error ({index, label, error}), nil if none;
+-- "ignore": nil.  gctx is canceled when wait returns.
+function Group:wait()
+  while self.head <= self.tail do self:reap() end
+  self.waited = true
+  self.cancel()
+  if self.policy == "ignore" then return nil end
+  if self.policy == "collect" then
+    if #self.errors == 0 then return nil end
+    table.sort(self.errors, function(a, b) return a.index < b.index end)
+    return self.errors
+  end
+  return self:first_error()
+end
+
+---------------------------------------------------------------------------
+-- map and each: items go to workers in batches, so the cost per item
+-- approaches a Lua call: one job (one copy of fn, one future) per batch.
+
+local function batch_size(n, pool, opts)
+  if opts.batch ~= nil then
+    if math.type(opts.batch) ~= "integer" or opts.batch < 1 then
+      error("bad option 'batch' (integer >= 1 expected)", 3)
+    end
+    return opts.batch
+  end
+  local workers = pool:stats().workers
+  -- about 8 batches per worker, between 1 and 4096 items each
+  return math.max(1, math.min(4096, n // (workers * 8)))
+end
+
+local function map_or_each(where, ctx, items, fn, opts, keep)
+  if type(items) ~= "table" then
+    error(("bad argument #2 to '%s' (table expected, got %s)"):format(where, type(items)), 3)
+  end
+  if type(fn) ~= "function" then
+    error(("bad argument #3 to '%s' (function expected, got %s)"):format(where, type(fn)), 3)
+  end
+  opts = opts or {}
+  local g = new_group(ctx, opts, where)
+  local n = #items
+  local size = batch_size(n, g.pool, opts)
+  if not g.limit then  -- bound the batches in flight (and their futures)
+    g.limit = g.pool:stats().workers * 4
+  end
+  local results = keep and {} or nil
+  if keep then
+    g.on_batch = function(batch, out)
+      table.move(out, 1, batch[2], batch[1], results)
+    end
+  end
+  local first = 1
+  while first <= n and not (g.policy == "cancel" and g.ctx:err()) do
+    local count = math.min(size, n - first + 1)
+    local slice = table.move(items, first, first + count - 1, 1, {})
+    g:submit(false, nil, { first, count }, fn, slice, count, first, keep)
+    first = first + count
+  end
+  local err = g:wait()
+  if g.policy == "cancel" then
+    if err ~= nil then return nil, err end
+    local cerr = ctx:err()  -- the caller's context ended the run
+    if first <= n and cerr then return nil, cerr end
+  elseif g.policy == "collect" and err ~= nil then
+    return nil, err
+  end
+  if keep then return results, n end
+  return true
+end
+
+--- weft.map(ctx, items, fn, opts) -> results (same order) | nil, err
+-- fn(ctx, item, index) runs in workers; results[i] is its first result.
+function M.map(ctx, items, fn, opts)
+  return map_or_each("map", ctx, items, fn, opts, true)
+end
+
+--- weft.each(ctx, items, fn, opts) -> true | nil, err
+function M.each(ctx, items, fn, opts)
+  return map_or_each("each", ctx, items, fn, opts, false)
+end
+
+return M
