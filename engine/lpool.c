@@ -8,6 +8,7 @@
 ** handles in other states only drop their reference.  Locking: none here;
 ** arguments are checked and values encoded before any engine call.
 */
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -341,6 +342,10 @@ static int p_name(lua_State *L) {
 
 static int push_outcome(lua_State *L, weft_future *f) {
   int state = weft_future_state(f);
+  if (lua_toboolean(L, lua_upvalueindex(1))) {  /* _settle: no results */
+    lua_pushboolean(L, state == WEFT_FUT_OK);
+    return 1;
+  }
   weft_buf *result = weft_future_result(f);
   lua_pushboolean(L, state == WEFT_FUT_OK);
   if (result == NULL) {  /* the worker ran out of memory reporting it */
@@ -441,6 +446,35 @@ int weft_ctx_wait_lua(lua_State *L) {
   return ctxwait_k(L, LUA_OK, 0);
 }
 
+/*
+** weft._result_into(future, t, offset) -> n | nil: for map's batches.  When
+** the future of a finished job holds, as its first result, a plain array of
+** scalars, stores its elements at t[offset + 1 ..] without building the
+** array, and returns their count; else nil (the caller waits as usual).
+*/
+static int l_result_into(lua_State *L) {
+  weft_future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer offset = luaL_checkinteger(L, 3);
+  weft_buf *b = weft_future_state(f) == WEFT_FUT_OK ? weft_future_result(f)
+                                                    : NULL;
+  lua_Integer n = b != NULL && weft_buf_count(b) == 1
+                      ? weft_buf_decode_array_into(L, b, 2, offset)
+                      : -1;
+  if (n < 0) return 0;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* weft._table(narr, nrec): a new table with room preallocated */
+static int l_table(lua_State *L) {
+  lua_Integer narr = luaL_optinteger(L, 1, 0), nrec = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, narr >= 0 && narr <= INT_MAX, 1, "out of range");
+  luaL_argcheck(L, nrec >= 0 && nrec <= INT_MAX, 2, "out of range");
+  lua_createtable(L, (int)narr, (int)nrec);
+  return 1;
+}
+
 /* weft._current_pool(): the pool of the worker running this state, or nil */
 static int l_current_pool(lua_State *L) {
   weft_pool *p = weft_pool_of_state(L);
@@ -460,12 +494,16 @@ static const luaL_Reg pool_meta[] = {
     {"__gc", p_gc}, {"__close", p_close}, {NULL, NULL}};
 
 static const luaL_Reg future_methods[] = {
-    {"wait", f_wait}, {"done", f_done}, {NULL, NULL}};
+    {"wait", f_wait}, {"done", f_done}, {"_settle", NULL}, {NULL, NULL}};
 
 void weft_open_pool(lua_State *L) {
   weft_new_class(L, &weft_pool_class, pool_methods, pool_meta);
   weft_new_class(L, &weft_future_class, future_methods, NULL);
-  lua_pop(L, 2);
+  lua_getfield(L, -1, "__index");  /* future:_settle([ctx]): wait, no results */
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, f_wait, 1);
+  lua_setfield(L, -2, "_settle");
+  lua_pop(L, 3);
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_pool, 1);  /* the module, for ncpu */
   lua_setfield(L, -2, "pool");
@@ -473,6 +511,10 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "sleep");
   lua_pushcfunction(L, l_current_pool);
   lua_setfield(L, -2, "_current_pool");
+  lua_pushcfunction(L, l_result_into);
+  lua_setfield(L, -2, "_result_into");
+  lua_pushcfunction(L, l_table);
+  lua_setfield(L, -2, "_table");
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

@@ -1055,6 +1055,40 @@ static bool decode_plain(lua_State *L, const weft_buf *b) {
   }
 }
 
+/* Skips the scalar at d->pos; false when it is not one. */
+static bool skip_scalar(dec *d) {
+  switch (d->b->data[d->pos++]) {
+    case T_NIL: case T_FALSE: case T_TRUE: return true;
+    case T_INT: case T_FLT: d->pos += 8; return true;
+    case T_STR: d->pos += (size_t)get_varint(d); return true;
+    default: return false;
+  }
+}
+
+lua_Integer weft_buf_decode_array_into(lua_State *L, const weft_buf *b,
+                                       int t, lua_Integer offset) {
+  t = lua_absindex(L, t);
+  dec d = {.L = L, .b = b};
+  if (b->count < 1 || b->len == 0 || b->data[0] != T_TABLE) return -1;
+  d.pos = 1;
+  uint32_t counts[2];
+  get_bytes(&d, counts, sizeof counts);
+  lua_Integer n = (lua_Integer)get_varint(&d);
+  if (counts[1] != 0) return -1;
+  size_t start = d.pos;
+  for (lua_Integer i = 0; i < n; i++)  /* only scalars, then no pair */
+    if (!skip_scalar(&d)) return -1;
+  if (d.pos + 2 > b->len || b->data[d.pos] != T_END ||
+      b->data[d.pos + 1] != T_NIL)
+    return -1;
+  d.pos = start;
+  for (lua_Integer i = 1; i <= n; i++) {
+    decode_value(&d);
+    lua_rawseti(L, t, offset + i);
+  }
+  return n;
+}
+
 /* Decodes b under a protected call: its status, the error on top. */
 static int decode_protected(lua_State *L, const weft_buf *b) {
   dec d;

@@ -41,6 +41,14 @@ int weft_buf_decode(lua_State *L, const weft_buf *b);
 /* The same, then drops the caller's reference to b (also when it raises). */
 int weft_buf_decode_release(lua_State *L, weft_buf *b);
 
+/*
+** When b's first value is a plain array of scalars (no other key, no
+** metatable), stores its elements at t[offset + 1 ..] (raw) and returns
+** their count; else returns -1 and does nothing.  May raise (memory).
+*/
+lua_Integer weft_buf_decode_array_into(lua_State *L, const weft_buf *b,
+                                       int t, lua_Integer offset);
+
 int weft_buf_count(const weft_buf *b);
 void weft_buf_retain(weft_buf *b);
 void weft_buf_release(weft_buf *b);  /* NULL is allowed */

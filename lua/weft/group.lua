@@ -153,7 +153,8 @@ local function run_batch(ctx, spec, fn, items, n, first, keep)
     end
     pos = k + 1
   end
-  return out, failures
+  if failures then return out, failures end
+  return out  -- alone, so the caller may take it straight into its results
 end
 
 ---------------------------------------------------------------------------
@@ -238,6 +239,11 @@ function Group:reap()
   local job = self.jobs[self.head]
   self.jobs[self.head] = nil
   self.head = self.head + 1
+  if job.batch and self.results then  -- map: straight into the results
+    local f = job.future
+    f:_settle()
+    if core._result_into(f, self.results, job.batch[1] - 1) then return end
+  end
   local r = table.pack(job.future:wait())
   if job.batch then
     if r[1] then
@@ -405,16 +411,17 @@ local function map_or_each(where, ctx, items, fn, opts, keep)
   if not g.limit then  -- bound the batches in flight (and their futures)
     g.limit = g.pool:stats().workers * 4
   end
-  local results = keep and {} or nil
+  local results = keep and core._table(n) or nil
   if keep then
+    g.results = results
     g.on_batch = function(batch, out)
-      table.move(out, 1, batch[2], batch[1], results)
+      if out then table.move(out, 1, batch[2], batch[1], results) end
     end
   end
   local first = 1
   while first <= n and not (g.policy == "cancel" and g.ctx:err()) do
     local count = math.min(size, n - first + 1)
-    local slice = table.move(items, first, first + count - 1, 1, {})
+    local slice = table.move(items, first, first + count - 1, 1, core._table(count))
     g:submit(false, nil, { first, count }, fn, slice, count, first, keep)
     first = first + count
   end
