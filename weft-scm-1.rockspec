@@ -50,5 +50,7 @@ build = {
     },
     weft = "lua/weft/init.lua",
     ["weft.duration"] = "lua/weft/duration.lua",
+    ["weft.group"] = "lua/weft/group.lua",
+    ["weft.pipeline"] = "lua/weft/pipeline.lua",
   },
 }

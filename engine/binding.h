@@ -52,6 +52,9 @@ struct weft_park;
 weft_block *weft_block_new_ex(lua_State *L, size_t extra,
                               void (*hook)(void *extra, bool final));
 void *weft_block_extra(weft_block *b);
+/* What the extra registrations wait for, for deadlock detection
+   (pool.h: WEFT_WAIT_FUTURE and a future, ...); default: other. */
+void weft_block_set_wait(weft_block *b, int kind, void *target);
 struct weft_park *weft_block_park(weft_block *b);
 void weft_block_reset(weft_block *b);             /* unregisters all */
 /* Arms a timeout (once, before the loop); may raise. */

@@ -466,6 +466,79 @@ static int l_result_into(lua_State *L) {
   return 1;
 }
 
+/*
+** weft._wait_any(futures) -> i | nil, err: waits (parks, in a job) until
+** one of the futures in the array is resolved and returns its index; nil
+** and the message when the pool finds the wait deadlocked.  The futures
+** must be of one pool (a group's): the wait is then hopeless exactly when
+** the wait on any one of them is, so deadlock detection is told the first.
+*/
+typedef struct anywait {
+  int n;
+  struct {
+    weft_future *f;  /* retained */
+    weft_park_waiter pw;
+  } src[];
+} anywait;
+
+static void anywait_hook(void *extra, bool final) {
+  anywait *a = extra;
+  for (int i = 0; i < a->n; i++) {
+    if (!final) {
+      weft_future_remove_waiter(a->src[i].f, &a->src[i].pw.w);
+      continue;
+    }
+    weft_future_release(a->src[i].f);
+  }
+  if (final) a->n = 0;
+}
+
+static int anywait_k(lua_State *L, int status, lua_KContext kc) {
+  (void)status;
+  weft_block *b = lua_touserdata(L, (int)kc);
+  anywait *a = weft_block_extra(b);
+  for (;;) {
+    weft_block_reset(b);
+    for (int i = 0; i < a->n; i++)
+      if (weft_future_state(a->src[i].f) != WEFT_FUT_PENDING) {
+        lua_pushinteger(L, i + 1);
+        return 1;
+      }
+    const char *dl = weft_block_deadlock(b);
+    if (dl != NULL) {
+      lua_pushnil(L);
+      lua_pushstring(L, dl);
+      return 2;
+    }
+    int i = 0;
+    while (i < a->n && weft_future_add_waiter(a->src[i].f, &a->src[i].pw.w))
+      i++;
+    if (i < a->n) continue;  /* one resolved meanwhile */
+    weft_block_wait(L, b, kc, anywait_k);
+  }
+}
+
+static int l_wait_any(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_Integer n = luaL_len(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 1000000, 1, "1 to 1000000 futures expected");
+  size_t size = sizeof(anywait) + (size_t)n * sizeof(((anywait *)0)->src[0]);
+  weft_block *b = weft_block_new_ex(L, size, anywait_hook);
+  anywait *a = weft_block_extra(b);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    weft_future *f = check_future(L, -1);
+    lua_pop(L, 1);
+    weft_future_retain(f);
+    a->src[a->n].f = f;
+    weft_park_waiter_init(&a->src[a->n].pw, weft_block_park(b));
+    a->n++;
+  }
+  weft_block_set_wait(b, WEFT_WAIT_FUTURE, a->src[0].f);
+  return anywait_k(L, LUA_OK, 2);
+}
+
 /* weft._table(narr, nrec): a new table with room preallocated */
 static int l_table(lua_State *L) {
   lua_Integer narr = luaL_optinteger(L, 1, 0), nrec = luaL_optinteger(L, 2, 0);
@@ -515,6 +588,8 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "_result_into");
   lua_pushcfunction(L, l_table);
   lua_setfield(L, -2, "_table");
+  lua_pushcfunction(L, l_wait_any);
+  lua_setfield(L, -2, "_wait_any");
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

@@ -32,6 +32,8 @@ struct weft_block {
   weft_ctx *timer;  /* a deadline context for the timeout, retained */
   void (*hook)(void *extra, bool final);  /* extra registrations */
   void *extra;
+  int xkind;     /* what the extra registrations wait for (deadlocks) */
+  void *xtarget;
   int n;
   struct {
     int kind;
@@ -93,6 +95,11 @@ weft_block *weft_block_new(lua_State *L) {
 }
 
 void *weft_block_extra(weft_block *b) { return b->extra; }
+
+void weft_block_set_wait(weft_block *b, int kind, void *target) {
+  b->xkind = kind;
+  b->xtarget = target;
+}
 
 weft_park *weft_block_park(weft_block *b) { return &b->park; }
 
@@ -163,8 +170,8 @@ void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
       luaL_error(L, "%s", err == WEFT_KILLED ? WEFT_KILLED_MSG
                                               : weft_ctx_errmsg(err));
     }
-    int kind = WEFT_WAIT_OTHER;
-    void *target = NULL;
+    int kind = b->xkind;
+    void *target = b->xtarget;
     for (int i = 0; i < b->n; i++)
       if (b->src[i].kind == SRC_ADMIT || b->src[i].kind == SRC_FUTURE) {
         kind = b->src[i].kind == SRC_ADMIT ? WEFT_WAIT_ADMIT : WEFT_WAIT_FUTURE;

@@ -89,6 +89,14 @@ static int l_ncpu(lua_State *L) {
   return 1;
 }
 
+/* weft._typeof(v): the class of a weft handle ("weft.pool", ...), or nil */
+static int l_typeof(lua_State *L) {
+  weft_object *o = weft_to_object(L, 1);
+  if (o == NULL) return 0;
+  lua_pushstring(L, o->cls->name);
+  return 1;
+}
+
 static int l_bind_duration(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
@@ -101,6 +109,7 @@ static const luaL_Reg funcs[] = {
     {"now", l_now},
     {"ncpu", l_ncpu},
     {"_bind_duration", l_bind_duration},
+    {"_typeof", l_typeof},
     {NULL, NULL},
 };
 

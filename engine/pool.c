@@ -141,6 +141,36 @@ static void kick_idle(weft_pool *p) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/*
+** A worker whose own jobs are parked leaves a new job to a sleeping worker
+** that has none, so that the jobs of one stage (a producer, its consumers)
+** spread over the threads instead of piling up on the first one to look:
+** a job never moves once started.  Kicks that worker and returns true;
+** false when there is none.  p->mu held; takes the workers' mu.
+*/
+static bool defer_new_job(weft_pool *p, worker *w) {
+  pthread_mutex_lock(&w->mu);
+  int mine = w->nparked;
+  pthread_mutex_unlock(&w->mu);
+  if (mine == 0) return false;
+  for (worker **at = &p->idle; *at != NULL; at = &(*at)->idle_next) {
+    worker *o = *at;
+    if (o == w) continue;
+    pthread_mutex_lock(&o->mu);
+    bool free = o->nparked == 0 && o->ready == NULL;
+    pthread_mutex_unlock(&o->mu);
+    if (!free) continue;
+    *at = o->idle_next;  /* as kick_idle does, for o */
+    o->idle = false;
+    pthread_mutex_lock(&o->mu);
+    o->kicked = true;
+    pthread_cond_signal(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+    return true;
+  }
+  return false;
+}
+
 /* ---------------------------------------------------------------------- */
 /* hard cancel
 **
@@ -797,7 +827,8 @@ static void *worker_main(void *arg) {
       continue;
     }
     pthread_mutex_lock(&p->mu);
-    j = pop(&p->newq, &p->newq_tail);
+    j = p->newq != NULL && defer_new_job(p, w) ? NULL
+                                                : pop(&p->newq, &p->newq_tail);
     if (j != NULL) {
       j->started = true;
       j->act_prev = NULL;

@@ -371,47 +371,74 @@ static lua_Integer count_loaded(lua_State *L) {
   return n;
 }
 
-/*
-** Pushes a new index of what package.loaded reaches: each module table ->
-** "mod", each C function -> "mod\0name" ("mod\0" for a module that is
-** itself a C function), and at count_key the number of modules.
-*/
-static void build_index(lua_State *L) {
-  lua_newtable(L);
-  int index = lua_gettop(L);
-  lua_Integer count = 0;
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushnil(L);
-  while (lua_next(L, index + 1)) {  /* index loaded mod module */
-    int mod = index + 2;
-    count++;
-    if (lua_type(L, mod) == LUA_TSTRING && lua_iscfunction(L, mod + 1)) {
+/* Indexes module mod (at mod, its value above it) into index: the first
+   name met for a table or a C function wins. */
+static void index_module(lua_State *L, int index, int mod) {
+  if (lua_iscfunction(L, mod + 1)) {
+    lua_pushvalue(L, mod + 1);
+    if (lua_rawget(L, index) == LUA_TNIL) {
       lua_pushvalue(L, mod + 1);
       lua_pushvalue(L, mod);
       lua_pushlstring(L, "", 1);
       lua_concat(L, 2);
       lua_rawset(L, index);
-    } else if (lua_type(L, mod) == LUA_TSTRING && lua_istable(L, mod + 1)) {
-      lua_pushvalue(L, mod + 1);
-      lua_pushvalue(L, mod);
-      lua_rawset(L, index);
-      lua_pushnil(L);
-      while (lua_next(L, mod + 1)) {  /* ... mod module name f */
-        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-          lua_pushvalue(L, -1);
-          if (lua_rawget(L, index) == LUA_TNIL) {
-            lua_pushvalue(L, -2);
-            lua_pushvalue(L, mod);
-            lua_pushlstring(L, "", 1);
-            lua_pushvalue(L, -6);
-            lua_concat(L, 3);
-            lua_rawset(L, index);
-          }
-          lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
-      }
     }
+    lua_pop(L, 1);
+    return;
+  }
+  if (!lua_istable(L, mod + 1)) return;
+  lua_pushvalue(L, mod + 1);
+  if (lua_rawget(L, index) == LUA_TNIL) {
+    lua_pushvalue(L, mod + 1);
+    lua_pushvalue(L, mod);
+    lua_rawset(L, index);
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  while (lua_next(L, mod + 1)) {  /* ... mod module name f */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, index) == LUA_TNIL) {
+        lua_pushvalue(L, -2);
+        lua_pushvalue(L, mod);
+        lua_pushlstring(L, "", 1);
+        lua_pushvalue(L, -6);
+        lua_concat(L, 3);
+        lua_rawset(L, index);
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/*
+** Pushes a new index of what package.loaded reaches: each module table ->
+** "mod", each C function -> "mod\0name" ("mod\0" for a module that is
+** itself a C function), and at count_key the number of modules.  A C
+** function several modules export (pl.utils.pack is table.pack) takes
+** the name of a standard library first, which every state has.
+*/
+static void build_index(lua_State *L) {
+  static const char *const std[] = {"_G",        "string", "table",
+                                    "math",      "io",     "os",
+                                    "coroutine", "utf8",   "debug",
+                                    "package",   NULL};
+  lua_newtable(L);
+  int index = lua_gettop(L);
+  lua_Integer count = 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  for (int i = 0; std[i] != NULL; i++) {
+    lua_pushstring(L, std[i]);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, index + 1);  /* index loaded name module */
+    index_module(L, index, index + 2);
+    lua_pop(L, 2);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, index + 1)) {  /* index loaded mod module */
+    count++;
+    if (lua_type(L, index + 2) == LUA_TSTRING) index_module(L, index, index + 2);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
@@ -867,7 +894,8 @@ static void push_module(dec *d) {
     lua_remove(L, -2);
     return;
   }
-  lua_pop(L, 1);  /* the name stays, for the message */
+  lua_pop(L, 2);
+  lua_pushlstring(L, name, len);  /* stays, for the message */
   lua_pushcfunction(L, require_k);
   lua_pushvalue(L, -2);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK)

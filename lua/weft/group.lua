@@ -78,9 +78,13 @@ end
 -- A string error gets the traceback of where it was raised, without the
 -- frames of weft's own wrapper.
 local function traceback(e)
+  if e == nil or e == false then  -- as lua.c says it: not a silent success
+    e = ("(error object is a %s value)"):format(type(e))
+  end
   if type(e) ~= "string" then return e end
   local tb = debug.traceback(e, 2)
-  local cut = tb:find("\n\t[^\n]*weft/group%.lua:")
+  local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
+    or tb:find("\n\t[^\n]*weft/group%.lua:")
   return cut and tb:sub(1, cut - 1) or tb
 end
 
@@ -125,10 +129,12 @@ local function run_batch(ctx, spec, fn, items, n, first, keep)
   local out = keep and {} or nil
   local failures
   local pos = 1
+  local item_timeout = spec.item_timeout
   local function loop()
     for k = pos, n do
       pos = k
-      local v = fn(ctx, items[k], first + k - 1)
+      local c = item_timeout and core.with_timeout(ctx, item_timeout) or ctx
+      local v = fn(c, items[k], first + k - 1)
       if keep then out[k] = v end
     end
     pos = n + 1
@@ -139,7 +145,8 @@ local function run_batch(ctx, spec, fn, items, n, first, keep)
     local k = pos
     local v
     if spec.retries > 0 then
-      ok, v = retry(spec, ctx, err, fn, items[k], first + k - 1)
+      local c = item_timeout and core.with_timeout(ctx, item_timeout) or ctx
+      ok, v = retry(spec, c, err, fn, items[k], first + k - 1)
     else
       v = err
     end
@@ -175,20 +182,29 @@ local function check_limit(n, where)
   return n
 end
 
-local function new_group(ctx, opts, where)
+local function new_group(ctx, opts, where, optarg)
+  if core._typeof(ctx) ~= "weft.context" then
+    error(("bad argument #1 to '%s' (weft.context expected, got %s)")
+      :format(where, core._typeof(ctx) or type(ctx)), 3)
+  end
   if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #2 to '%s' (table expected, got %s)"):format(where, type(opts)), 3)
+    error(("bad argument #%d to '%s' (table expected, got %s)")
+      :format(optarg, where, type(opts)), 3)
   end
   opts = opts or {}
   for k in pairs(opts) do
     if not OPTIONS[k] and not (where ~= "group" and (k == "batch")) then
-      error(("bad argument #2 to '%s' (unknown option %s)"):format(where, tostring(k)), 3)
+      error(("bad argument #%d to '%s' (unknown option %s)"):format(optarg, where, tostring(k)), 3)
     end
   end
   local policy = opts.on_error or "cancel"
   if not POLICIES[policy] then
     error(("bad option 'on_error' to '%s' (cancel, collect or ignore expected, got %s)")
       :format(where, tostring(policy)), 3)
+  end
+  if opts.pool ~= nil and core._typeof(opts.pool) ~= "weft.pool" then
+    error(("bad option 'pool' to '%s' (weft.pool expected, got %s)")
+      :format(where, core._typeof(opts.pool) or type(opts.pool)), 3)
   end
   local retries = opts.retries or 0
   if math.type(retries) ~= "integer" or retries < 0 then
@@ -210,8 +226,9 @@ local function new_group(ctx, opts, where)
       cancel = policy == "cancel" and cancel or nil,
     },
     n = 0,          -- jobs started with go
-    head = 1,       -- jobs[head..tail]: not reaped yet
+    head = 1,       -- jobs[head..tail]: in go order, nil once reaped
     tail = 0,
+    nactive = 0,
     jobs = {},      -- {future, index, label, batch = {first, n}}
     errors = {},    -- {index, label, error}
     waited = false,
@@ -221,11 +238,11 @@ end
 
 --- weft.group(ctx, opts) -> g, gctx
 function M.group(ctx, opts)
-  return new_group(ctx, opts, "group")
+  return new_group(ctx, opts, "group", 2)
 end
 
 function Group:active()
-  return self.tail - self.head + 1
+  return self.nactive
 end
 
 function Group:fail(index, label, err)
@@ -234,23 +251,27 @@ function Group:fail(index, label, err)
   if self.policy == "cancel" then report(self.spec, err) end
 end
 
--- Collects the oldest job (waiting for it).  Its results go to on_result.
-function Group:reap()
-  local job = self.jobs[self.head]
-  self.jobs[self.head] = nil
-  self.head = self.head + 1
+-- Collects job i of the queue (waiting for it if need be): its results go
+-- into map's results, its errors to the group.
+function Group:reap(i)
+  local job = self.jobs[i]
+  self.jobs[i] = nil
+  self.nactive = self.nactive - 1
+  while self.head <= self.tail and self.jobs[self.head] == nil do
+    self.head = self.head + 1
+  end
+  local f = job.future
   if job.batch and self.results then  -- map: straight into the results
-    local f = job.future
     f:_settle()
     if core._result_into(f, self.results, job.batch[1] - 1) then return end
   end
-  local r = table.pack(job.future:wait())
+  local r = table.pack(f:wait())
   if job.batch then
     if r[1] then
       local out, failures = r[2], r[3]
       if self.on_batch then self.on_batch(job.batch, out) end
-      for _, f in ipairs(failures or {}) do
-        self:fail(f[1], nil, f[2])
+      for _, e in ipairs(failures or {}) do
+        self:fail(e[1], nil, e[2])
       end
     else  -- the batch itself failed (hard cancel, deadlock): all of it
       self:fail(job.index, job.label, r[2])
@@ -262,11 +283,38 @@ function Group:reap()
   end
 end
 
--- Reaps the jobs already done at the head (no waiting).
+-- Reaps the jobs already done at the head of the queue (no waiting).
+function Group:reap_any_done()
+  for i = self.head, self.tail do
+    local job = self.jobs[i]
+    if job and job.future:done() then self:reap(i) end
+  end
+end
+
 function Group:reap_done()
   while self.head <= self.tail and self.jobs[self.head].future:done() do
-    self:reap()
+    self:reap(self.head)
   end
+end
+
+-- Waits until any job is done and reaps it.  The limit is at most a few
+-- thousand jobs, so a scan is fine; the wait is one the pool's deadlock
+-- detection sees.
+function Group:reap_any()
+  local futures, at = {}, {}
+  for i = self.head, self.tail do
+    local job = self.jobs[i]
+    if job then
+      if job.future:done() then return self:reap(i) end
+      futures[#futures + 1] = job.future
+      at[#at + 1] = i
+    end
+  end
+  local k, err = core._wait_any(futures)
+  if not k then  -- deadlock: the oldest job's wait will say so too
+    return self:reap(self.head), err
+  end
+  return self:reap(at[k])
 end
 
 function Group:check_go(where)
@@ -279,8 +327,11 @@ end
 function Group:submit(try, label, batch, fn, ...)
   self:reap_done()
   if self.limit then
-    if try and self:active() >= self.limit then return false end
-    while self:active() >= self.limit do self:reap() end
+    if try and self.nactive >= self.limit then
+      self:reap_any_done()
+      if self.nactive >= self.limit then return false end
+    end
+    while self.nactive >= self.limit do self:reap_any() end
   end
   local jctx = self.ctx
   if self.timeout then jctx = core.with_timeout(self.ctx, self.timeout) end
@@ -298,6 +349,7 @@ function Group:submit(try, label, batch, fn, ...)
     return true
   end
   self.tail = self.tail + 1
+  self.nactive = self.nactive + 1
   self.jobs[self.tail] = { future = f, index = index, label = label, batch = batch }
   return true
 end
@@ -369,7 +421,7 @@ end
 -- "collect": the list of every error ({index, label, error}), nil if none;
 -- "ignore": nil.  gctx is canceled when wait returns.
 function Group:wait()
-  while self.head <= self.tail do self:reap() end
+  while self.head <= self.tail do self:reap(self.head) end
   self.waited = true
   self.cancel()
   if self.policy == "ignore" then return nil end
@@ -392,6 +444,7 @@ local function batch_size(n, pool, opts)
     end
     return opts.batch
   end
+  if opts.timeout ~= nil then return 1 end  -- a timeout is per job: per item
   local workers = pool:stats().workers
   -- about 8 batches per worker, between 1 and 4096 items each
   return math.max(1, math.min(4096, n // (workers * 8)))
@@ -405,9 +458,12 @@ local function map_or_each(where, ctx, items, fn, opts, keep)
     error(("bad argument #3 to '%s' (function expected, got %s)"):format(where, type(fn)), 3)
   end
   opts = opts or {}
-  local g = new_group(ctx, opts, where)
+  local g = new_group(ctx, opts, where, 4)
   local n = #items
   local size = batch_size(n, g.pool, opts)
+  if g.timeout and size > 1 then  -- a timeout is per item, not per batch
+    g.spec.item_timeout, g.timeout = g.timeout, nil
+  end
   if not g.limit then  -- bound the batches in flight (and their futures)
     g.limit = g.pool:stats().workers * 4
   end
@@ -433,7 +489,7 @@ local function map_or_each(where, ctx, items, fn, opts, keep)
   elseif g.policy == "collect" and err ~= nil then
     return nil, err
   end
-  if keep then return results, n end
+  if keep then return results end
   return true
 end
 

@@ -34,6 +34,7 @@ end
 local lazy = {
   group = "weft.group", map = "weft.group", each = "weft.group",
   default_pool = "weft.group", set_default_workers = "weft.group",
+  pipeline = "weft.pipeline",
 }
 setmetatable(weft, {
   __index = function(t, k)
