@@ -35,6 +35,8 @@ build = {
         "engine/lchan.c",
         "engine/lcontext.c",
         "engine/lpool.c",
+        "engine/lprogress.c",
+        "engine/lsignal.c",
         "engine/lwait.c",
         "engine/lweft.c",
         "engine/object.c",
@@ -50,7 +52,12 @@ build = {
     },
     weft = "lua/weft/init.lua",
     ["weft.duration"] = "lua/weft/duration.lua",
+    ["weft.cli"] = "lua/weft/cli.lua",
     ["weft.group"] = "lua/weft/group.lua",
     ["weft.pipeline"] = "lua/weft/pipeline.lua",
+    ["weft.runlog"] = "lua/weft/runlog.lua",
+  },
+  install = {
+    bin = { weft = "bin/weft" },
   },
 }

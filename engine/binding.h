@@ -85,4 +85,10 @@ void weft_open_pool(lua_State *L);
 /* Adds weft.chan, weft.select and the channel metatable (lchan.c). */
 void weft_open_chan(lua_State *L);
 
+/* Adds weft._catch_signals, for the weft command (lsignal.c). */
+void weft_open_signals(lua_State *L);
+
+/* Adds weft._progress, the weft command's status line (lprogress.c). */
+void weft_open_progress(lua_State *L);
+
 #endif

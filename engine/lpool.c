@@ -548,6 +548,19 @@ static int l_table(lua_State *L) {
   return 1;
 }
 
+/*
+** weft._shield(): the job calling it is no longer interrupted by hard
+** cancel (pool:close still stops it).  For a group's job that failed and
+** is about to cancel its own group: it returns its error instead of being
+** stopped by its own cancel.  Outside a job's own coroutine: no effect.
+*/
+static int l_shield(lua_State *L) {
+  weft_job *j = weft_job_of(L);
+  if (j != NULL) weft_job_shield(j);
+  lua_pushboolean(L, j != NULL);
+  return 1;
+}
+
 /* weft._current_pool(): the pool of the worker running this state, or nil */
 static int l_current_pool(lua_State *L) {
   weft_pool *p = weft_pool_of_state(L);
@@ -590,6 +603,8 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "_table");
   lua_pushcfunction(L, l_wait_any);
   lua_setfield(L, -2, "_wait_any");
+  lua_pushcfunction(L, l_shield);
+  lua_setfield(L, -2, "_shield");
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

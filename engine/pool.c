@@ -54,6 +54,7 @@ struct weft_job {
   unsigned mark;           /* p->mu: deadlock search */
   bool deadlocked;         /* set under p->mu before the wake */
   atomic_bool killed;      /* pool:close(timeout) gave up waiting */
+  bool shielded;           /* worker thread: finishing, hard cancel off */
 };
 
 struct worker {
@@ -200,6 +201,7 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || j->co != L) return;
   if (atomic_load(&j->killed)) luaL_error(L, "%s", WEFT_KILLED_MSG);
+  if (j->shielded) return;
   int err = weft_ctx_err(j->ctx);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
 }
@@ -279,8 +281,11 @@ void weft_job_wake(weft_job *j) {
   pthread_mutex_unlock(&w->mu);
 }
 
+void weft_job_shield(weft_job *j) { j->shielded = true; }
+
 int weft_job_canceled(weft_job *j) {
   if (atomic_load(&j->killed)) return WEFT_KILLED;
+  if (j->shielded) return WEFT_LIVE;
   return j->pool->hard_cancel ? weft_ctx_err(j->ctx) : WEFT_LIVE;
 }
 

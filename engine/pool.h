@@ -94,6 +94,10 @@ weft_job *weft_job_of(lua_State *L);
 /* Makes a parked job runnable (or marks the wake-up if it has not parked
    yet).  Any thread; takes only its worker's (leaf) lock. */
 void weft_job_wake(weft_job *j);
+/* From now on hard cancel leaves j alone (but pool:close still stops it):
+   a job that failed and cancels its own group finishes with its error.
+   The job's own thread. */
+void weft_job_shield(weft_job *j);
 /* The error ending j under hard cancel (its context's), or WEFT_LIVE. */
 int weft_job_canceled(weft_job *j);
 /*

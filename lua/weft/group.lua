@@ -106,18 +106,24 @@ end
 -- Tells the group's context about a failure (cancel policy): the first
 -- cancel wins, so gctx:cause() is the first error.
 local function report(spec, err)
-  if spec.cancel and not pcall(spec.cancel, err) then
+  if not spec.cancel then return end
+  core._shield()  -- our own cancel must not stop us: we return err
+  if not pcall(spec.cancel, err) then
     spec.cancel(tostring(err))
   end
 end
 
 -- A job of a group: fn(ctx, ...) -> true, results... | false, err
 local function run_job(ctx, spec, fn, ...)
+  local t0 = spec.timing and core.now()
   local r = table.pack(xpcall(fn, traceback, ctx, ...))
   if not r[1] and spec.retries > 0 then
     r = table.pack(retry(spec, ctx, r[2], fn, ...))
   end
   if not r[1] then report(spec, r[2]) end
+  if t0 then  -- for the weft command's job log: when and how long
+    return r[1], t0, core.now() - t0, table.unpack(r, 2, r.n)
+  end
   return table.unpack(r, 1, r.n)
 end
 
@@ -164,6 +170,71 @@ local function run_batch(ctx, spec, fn, items, n, first, keep)
   return out  -- alone, so the caller may take it straight into its results
 end
 
+-- A batch when the weft command keeps a job log: each item timed alone,
+-- and skipped when skip[k] (resumed from the log).  Returns the results,
+-- the failures and {start, duration} of each item run.
+local function run_batch_logged(ctx, spec, fn, items, n, first, keep, skip)
+  local out = keep and {} or nil
+  local failures
+  local times = {}
+  for k = 1, n do
+    if ctx:err() and spec.cancel then break end
+    if not (skip and skip[k]) then
+      local c = spec.item_timeout and core.with_timeout(ctx, spec.item_timeout) or ctx
+      local t0 = core.now()
+      local ok, v = xpcall(fn, traceback, c, items[k], first + k - 1)
+      if not ok and spec.retries > 0 then
+        ok, v = retry(spec, c, v, fn, items[k], first + k - 1)
+      end
+      times[k] = { t0, core.now() - t0 }
+      if ok then
+        if keep then out[k] = v end
+      else
+        failures = failures or {}
+        failures[#failures + 1] = { first + k - 1, v }
+        report(spec, v)
+        if spec.cancel then break end
+      end
+    end
+  end
+  return out, failures or false, times
+end
+
+---------------------------------------------------------------------------
+-- The weft command's run log (weft.runlog) watches groups and maps of its
+-- state through an observer: submitted(n), finished(record), skip(group,
+-- label), and `timing` when it keeps a job log.
+
+local observer
+local nameless = 0
+
+--- Sets (or, with nil, clears) this state's observer.
+function M.observe(obs)
+  observer = obs
+  nameless = 0
+end
+
+local function is_cancellation(v)
+  return v == core.CANCELED or v == core.DEADLINE_EXCEEDED
+end
+
+local function status_of(err, panicked)
+  if err == nil then return "ok" end
+  if is_cancellation(err) then return "canceled" end
+  return panicked and "panic" or "error"
+end
+
+-- An item's label for the job log: the item when it is a string or a
+-- number, its `label` field when it is a table that has one, else its index.
+local function item_label(item, i)
+  local t = type(item)
+  if t == "string" or t == "number" then return item end
+  if t == "table" and (type(item.label) == "string" or type(item.label) == "number") then
+    return item.label
+  end
+  return i
+end
+
 ---------------------------------------------------------------------------
 -- groups
 
@@ -172,7 +243,7 @@ Group.__index = Group
 
 local OPTIONS = {
   pool = true, limit = true, on_error = true, retries = true,
-  backoff = true, backoff_max = true, timeout = true,
+  backoff = true, backoff_max = true, timeout = true, name = true,
 }
 
 local function check_limit(n, where)
@@ -210,8 +281,17 @@ local function new_group(ctx, opts, where, optarg)
   if math.type(retries) ~= "integer" or retries < 0 then
     error(("bad option 'retries' to '%s' (integer >= 0 expected)"):format(where), 3)
   end
+  if opts.name ~= nil and type(opts.name) ~= "string" then
+    error(("bad option 'name' to '%s' (string expected, got %s)"):format(where, type(opts.name)), 3)
+  end
+  local name = opts.name
+  if name == nil and observer then
+    nameless = nameless + 1
+    name = where .. "#" .. nameless
+  end
   local gctx, cancel = core.with_cancel(ctx)
   local g = setmetatable({
+    name = name,
     parent = ctx,
     ctx = gctx,
     cancel = cancel,
@@ -224,6 +304,7 @@ local function new_group(ctx, opts, where, optarg)
       backoff = seconds(opts.backoff, "backoff", where) or DEFAULT_BACKOFF,
       backoff_max = seconds(opts.backoff_max, "backoff_max", where) or DEFAULT_BACKOFF_MAX,
       cancel = policy == "cancel" and cancel or nil,
+      timing = observer ~= nil and observer.timing or nil,
     },
     n = 0,          -- jobs started with go
     head = 1,       -- jobs[head..tail]: in go order, nil once reaped
@@ -261,25 +342,69 @@ function Group:reap(i)
     self.head = self.head + 1
   end
   local f = job.future
-  if job.batch and self.results then  -- map: straight into the results
-    f:_settle()
-    if core._result_into(f, self.results, job.batch[1] - 1) then return end
+  if job.batch and self.results and not self.spec.timing then
+    f:_settle()  -- map: straight into the results
+    if core._result_into(f, self.results, job.batch[1] - 1) then
+      if observer then observer:finished_batch(job.batch[2]) end
+      return
+    end
   end
   local r = table.pack(f:wait())
   if job.batch then
-    if r[1] then
-      local out, failures = r[2], r[3]
-      if self.on_batch then self.on_batch(job.batch, out) end
-      for _, e in ipairs(failures or {}) do
-        self:fail(e[1], nil, e[2])
-      end
-    else  -- the batch itself failed (hard cancel, deadlock): all of it
-      self:fail(job.index, job.label, r[2])
-    end
+    self:reap_batch(job, r)
   elseif r[1] == nil or r[1] == false then  -- deadlock, or killed/canceled
     self:fail(job.index, job.label, r[2])
-  elseif r[2] == false then
-    self:fail(job.index, job.label, r[3])
+    self:record(job, nil, nil, r[2], true)
+  else
+    local ok, err = r[2], r[3]
+    local t0, dt
+    if self.spec.timing then t0, dt, err = r[3], r[4], r[5] end
+    if ok == false then self:fail(job.index, job.label, err) end
+    self:record(job, t0, dt, ok == false and err or nil)
+  end
+end
+
+-- Tells the observer (the weft command) about a finished job.
+function Group:record(job, t0, dt, err, panicked)
+  if not observer then return end
+  observer:finished {
+    group = self.name, label = job.label, index = job.index,
+    start = t0, duration = dt, status = status_of(err, panicked),
+    error = err ~= nil and tostring(err) or nil,
+  }
+end
+
+function Group:reap_batch(job, r)
+  local first, count = job.batch[1], job.batch[2]
+  if not r[1] then  -- the batch itself failed (hard cancel, deadlock): all of it
+    self:fail(job.index, job.label, r[2])
+    if observer then observer:finished_batch(count, count) end
+    return
+  end
+  local out, failures, times = r[2], r[3], r[4]
+  if self.on_batch then self.on_batch(job.batch, out) end
+  local failed = {}
+  for _, e in ipairs(failures or {}) do
+    self:fail(e[1], nil, e[2])
+    failed[e[1]] = e[2]
+  end
+  if not observer then return end
+  if not times then
+    observer:finished_batch(count, #(failures or {}))
+    return
+  end
+  local items = job.items
+  for k = 1, count do
+    local t = times[k]
+    if t then
+      local index = first + k - 1
+      local err = failed[index]
+      observer:finished {
+        group = self.name, label = item_label(items[k], index), index = index,
+        start = t[1], duration = t[2], status = status_of(err),
+        error = err ~= nil and tostring(err) or nil,
+      }
+    end
   end
 end
 
@@ -324,6 +449,11 @@ function Group:check_go(where)
   end
 end
 
+function Group:runner(batch)
+  if not batch then return run_job end
+  return self.spec.timing and run_batch_logged or run_batch
+end
+
 function Group:submit(try, label, batch, fn, ...)
   self:reap_done()
   if self.limit then
@@ -337,10 +467,10 @@ function Group:submit(try, label, batch, fn, ...)
   if self.timeout then jctx = core.with_timeout(self.ctx, self.timeout) end
   local f, err
   if try then
-    f, err = self.pool:try_submit(jctx, batch and run_batch or run_job, self.spec, fn, ...)
+    f, err = self.pool:try_submit(jctx, self:runner(batch), self.spec, fn, ...)
     if not f and err == core.SATURATED then return false end
   else
-    f, err = self.pool:submit(jctx, batch and run_batch or run_job, self.spec, fn, ...)
+    f, err = self.pool:submit(jctx, self:runner(batch), self.spec, fn, ...)
   end
   self.n = self.n + 1
   local index = batch and batch[1] or self.n
@@ -350,7 +480,9 @@ function Group:submit(try, label, batch, fn, ...)
   end
   self.tail = self.tail + 1
   self.nactive = self.nactive + 1
-  self.jobs[self.tail] = { future = f, index = index, label = label, batch = batch }
+  self.jobs[self.tail] = { future = f, index = index, label = label, batch = batch,
+                           items = batch and self.spec.timing and (...) or nil }
+  if observer and not batch then observer:submitted(1) end
   return true
 end
 
@@ -399,9 +531,6 @@ end
 -- its future may only say "context canceled"): gctx's cause is the first
 -- error, unless gctx ended with its parent.  Else the first error by index
 -- that is not a cancellation, else the first.
-local function is_cancellation(v)
-  return v == core.CANCELED or v == core.DEADLINE_EXCEEDED
-end
 
 function Group:first_error()
   local errs = self.errors
@@ -474,11 +603,25 @@ local function map_or_each(where, ctx, items, fn, opts, keep)
       if out then table.move(out, 1, batch[2], batch[1], results) end
     end
   end
+  if observer then observer:submitted(n) end
   local first = 1
   while first <= n and not (g.policy == "cancel" and g.ctx:err()) do
     local count = math.min(size, n - first + 1)
     local slice = table.move(items, first, first + count - 1, 1, core._table(count))
-    g:submit(false, nil, { first, count }, fn, slice, count, first, keep)
+    local skip, nskip = nil, 0
+    if observer and observer.resume then  -- items that succeeded last time
+      for k = 1, count do
+        if observer:skip(g.name, item_label(slice[k], first + k - 1)) then
+          skip = skip or {}
+          skip[k] = true
+          nskip = nskip + 1
+        end
+      end
+    end
+    if nskip < count then
+      g:submit(false, nil, { first, count }, fn, slice, count, first, keep, skip)
+    end
+    if nskip > 0 then observer:finished_batch(nskip) end  -- done last time
     first = first + count
   end
   local err = g:wait()
