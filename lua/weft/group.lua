@@ -8,10 +8,10 @@
 -- error, each with its job's index and label) or "ignore"; retries with a
 -- doubling, capped backoff; a per-job timeout.
 --
--- Everything blocking here is a pool submit or a future wait, so a group
+-- Everything blocking here is a pool submit or a wait on futures of the
+-- group's pool (one, or any of its running jobs' at its limit), so a group
 -- used inside a job parks like any blocking call, and the pool's deadlock
--- detection sees through it (a group's limit is waited out on its oldest
--- job's future).
+-- detection sees through it.
 --
 -- A group belongs to the state that made it (it is a plain Lua object:
 -- pass gctx to jobs, not g).
@@ -449,6 +449,21 @@ function Group:check_go(where)
   end
 end
 
+-- A copy error names the values of the submit (args[1] is our runner):
+-- say it in the caller's terms, fn and its arguments (g:go) or items (map).
+local function copy_error(msg, batch)
+  if type(msg) ~= "string" then return msg end
+  if batch then
+    local k, rest = msg:match("^args%[4%]%[(%d+)%](.*)$")
+    if k then return ("items[%d]%s"):format(batch[1] + tonumber(k) - 1, rest) end
+  end
+  return (msg:gsub("^args%[(%d+)%]", function(n)
+    n = tonumber(n)
+    if n == 3 then return "fn" end
+    return n > 3 and ("args[%d]"):format(n - 3) or nil
+  end))
+end
+
 function Group:runner(batch)
   if not batch then return run_job end
   return self.spec.timing and run_batch_logged or run_batch
@@ -465,13 +480,13 @@ function Group:submit(try, label, batch, fn, ...)
   end
   local jctx = self.ctx
   if self.timeout then jctx = core.with_timeout(self.ctx, self.timeout) end
-  local f, err
-  if try then
-    f, err = self.pool:try_submit(jctx, self:runner(batch), self.spec, fn, ...)
-    if not f and err == core.SATURATED then return false end
-  else
-    f, err = self.pool:submit(jctx, self:runner(batch), self.spec, fn, ...)
+  local pool = self.pool
+  local ok, f, err = pcall(try and pool.try_submit or pool.submit, pool, jctx,
+                           self:runner(batch), self.spec, fn, ...)
+  if not ok then  -- a value that cannot be copied: name it as the caller does
+    error(copy_error(f, batch), 3)
   end
+  if try and not f and err == core.SATURATED then return false end
   self.n = self.n + 1
   local index = batch and batch[1] or self.n
   if not f then
