@@ -56,6 +56,7 @@ build = {
     ["weft.group"] = "lua/weft/group.lua",
     ["weft.pipeline"] = "lua/weft/pipeline.lua",
     ["weft.runlog"] = "lua/weft/runlog.lua",
+    ["weft.template"] = "lua/weft/template.lua",
   },
   install = {
     bin = { weft = "bin/weft" },
