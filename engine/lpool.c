@@ -561,6 +561,29 @@ static int l_shield(lua_State *L) {
   return 1;
 }
 
+/*
+** weft._guard(handler) -> a message handler for xpcall that first shields
+** the running job when its context has ended, then returns handler(e).
+** It is C, so no Lua instruction runs (and no hard cancel hook fires)
+** between the error and the shield: a job stopped by its context's end
+** can still return its failure (and the time it took) instead of dying.
+*/
+static int guarded_handler(lua_State *L) {
+  weft_job *j = weft_job_running(L);
+  if (j != NULL && weft_job_canceled(j) != WEFT_LIVE) weft_job_shield(j);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+static int l_guard(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, guarded_handler, 1);
+  return 1;
+}
+
 /* weft._current_pool(): the pool of the worker running this state, or nil */
 static int l_current_pool(lua_State *L) {
   weft_pool *p = weft_pool_of_state(L);
@@ -605,6 +628,8 @@ void weft_open_pool(lua_State *L) {
   lua_setfield(L, -2, "_wait_any");
   lua_pushcfunction(L, l_shield);
   lua_setfield(L, -2, "_shield");
+  lua_pushcfunction(L, l_guard);
+  lua_setfield(L, -2, "_guard");
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

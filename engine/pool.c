@@ -255,6 +255,15 @@ weft_pool *weft_pool_of_state(lua_State *L) {
   return w != NULL ? w->pool : NULL;
 }
 
+weft_job *weft_job_running(lua_State *L) {
+  worker *w = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
+    w = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
+  return j != NULL && j->co == L ? j : NULL;
+}
+
 weft_job *weft_job_of(lua_State *L) {
   worker *w = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)

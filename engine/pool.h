@@ -89,6 +89,8 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s);
 
 /* The pool whose worker owns state L (any coroutine of it), else NULL. */
 weft_pool *weft_pool_of_state(lua_State *L);
+/* The job whose own coroutine L is (running now), else NULL. */
+weft_job *weft_job_running(lua_State *L);
 /* The job whose own coroutine L is, when it may yield; else NULL. */
 weft_job *weft_job_of(lua_State *L);
 /* Makes a parked job runnable (or marks the wake-up if it has not parked

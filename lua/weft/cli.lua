@@ -78,10 +78,15 @@ local function parse_run(args)
       o.progress = false
     elseif a == "--quiet" or a == "-q" then
       o.quiet = true
+    elseif a == "--help" or a == "-h" then
+      return { help = true }
+    elseif a == "--version" then
+      return { version = true }
     elseif a == "-e" then
       o.code, err = value(a)
       if o.code then
         table.move(args, i + 1, #args, 1, o.args)
+        if o.resume and not o.joblog then return nil, "--resume needs --joblog FILE" end
         return o
       end
     elseif a == "--" then
@@ -105,7 +110,7 @@ end
 local function is_tty(fd)
   local ok, posix = pcall(require, "posix.unistd")
   if ok and posix.isatty then return posix.isatty(fd) == 1 end
-  return os.execute("test -t " .. fd .. " 2>/dev/null") == true
+  return os.execute("test -t " .. fd) == true  -- no redirection: it tests fd
 end
 
 -- Runs the script described by o; returns the exit status.
@@ -139,10 +144,12 @@ local function run(o, weft)
   else
     chunk, err = loadfile(o.script, "t")
   end
-  if not chunk then
+  if not chunk then  -- a file that cannot be read is a usage error
     log:finish()
     io.stderr:write("weft: ", err, "\n")
-    return o.code and 2 or 1
+    local readable = o.script and io.open(o.script, "r")
+    if readable then readable:close() end
+    return (o.code or not readable) and 2 or 1
   end
   _G.arg = { [0] = o.script or "-e" }
   for k, v in ipairs(o.args) do _G.arg[k] = v end
@@ -195,14 +202,10 @@ function M.main(args)
     return 0
   end
   if cmd ~= "run" then return usage_error("unknown command '" .. cmd .. "'") end
-  local rest = table.move(args, 2, #args, 1, {})
-  for _, a in ipairs(rest) do
-    if a == "--help" or a == "-h" then io.stdout:write(USAGE) return 0 end
-    if a == "--version" then io.stdout:write("weft ", weft._VERSION, "\n") return 0 end
-    if a == "-e" or a:sub(1, 1) ~= "-" then break end
-  end
-  local o, err = parse_run(rest)
+  local o, err = parse_run(table.move(args, 2, #args, 1, {}))
   if not o then return usage_error(err) end
+  if o.help then io.stdout:write(USAGE) return 0 end
+  if o.version then io.stdout:write("weft ", weft._VERSION, " (", _VERSION, ")\n") return 0 end
   return run(o, weft)
 end
 

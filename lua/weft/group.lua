@@ -81,7 +81,9 @@ local function traceback(e)
   if e == nil or e == false then  -- as lua.c says it: not a silent success
     e = ("(error object is a %s value)"):format(type(e))
   end
-  if type(e) ~= "string" then return e end
+  if type(e) ~= "string" or e == core.CANCELED or e == core.DEADLINE_EXCEEDED then
+    return e  -- a context's end is not a bug: no traceback
+  end
   local tb = debug.traceback(e, 2)
   local cut = tb:find("\n\t%[C%]: in function 'xpcall'")
     or tb:find("\n\t[^\n]*weft/group%.lua:")
@@ -116,7 +118,7 @@ end
 -- A job of a group: fn(ctx, ...) -> true, results... | false, err
 local function run_job(ctx, spec, fn, ...)
   local t0 = spec.timing and core.now()
-  local r = table.pack(xpcall(fn, traceback, ctx, ...))
+  local r = table.pack(xpcall(fn, t0 and core._guard(traceback) or traceback, ctx, ...))
   if not r[1] and spec.retries > 0 then
     r = table.pack(retry(spec, ctx, r[2], fn, ...))
   end
@@ -177,12 +179,13 @@ local function run_batch_logged(ctx, spec, fn, items, n, first, keep, skip)
   local out = keep and {} or nil
   local failures
   local times = {}
+  local handler = core._guard(traceback)  -- canceled: return what we have
   for k = 1, n do
     if ctx:err() and spec.cancel then break end
     if not (skip and skip[k]) then
       local c = spec.item_timeout and core.with_timeout(ctx, spec.item_timeout) or ctx
       local t0 = core.now()
-      local ok, v = xpcall(fn, traceback, c, items[k], first + k - 1)
+      local ok, v = xpcall(fn, handler, c, items[k], first + k - 1)
       if not ok and spec.retries > 0 then
         ok, v = retry(spec, c, v, fn, items[k], first + k - 1)
       end
@@ -193,7 +196,7 @@ local function run_batch_logged(ctx, spec, fn, items, n, first, keep, skip)
         failures = failures or {}
         failures[#failures + 1] = { first + k - 1, v }
         report(spec, v)
-        if spec.cancel then break end
+        if spec.cancel or ctx:err() then break end
       end
     end
   end
