@@ -31,9 +31,11 @@ build = {
       sources = {
         "engine/channel.c",
         "engine/context.c",
+        "engine/exec.c",
         "engine/future.c",
         "engine/lchan.c",
         "engine/lcontext.c",
+        "engine/lexec.c",
         "engine/lpool.c",
         "engine/lprogress.c",
         "engine/lsignal.c",

@@ -85,6 +85,9 @@ void weft_open_pool(lua_State *L);
 /* Adds weft.chan, weft.select and the channel metatable (lchan.c). */
 void weft_open_chan(lua_State *L);
 
+/* Adds weft.exec (lexec.c). */
+void weft_open_exec(lua_State *L);
+
 /* Adds weft._catch_signals, for the weft command (lsignal.c). */
 void weft_open_signals(lua_State *L);
 

@@ -132,6 +132,7 @@ int luaopen_weft_core(lua_State *L) {
   weft_open_context(L);
   weft_open_pool(L);
   weft_open_chan(L);
+  weft_open_exec(L);
   weft_open_signals(L);
   weft_open_progress(L);
   return 1;

@@ -29,18 +29,53 @@ function weft.duration(d)
   error(("bad argument #1 to 'duration' (number or string expected, got %s)"):format(t), 2)
 end
 
+--- weft.exec(ctx, cmd, opts): cmd may also be a command template (a
+-- string, see weft.template): expanded with opts.item and opts.index into
+-- an argv, never run by a shell (unless opts.shell).  Without opts.item, a
+-- template may hold no replacement string.
+local core_exec = core.exec
+function weft.exec(ctx, cmd, opts)
+  if type(cmd) ~= "string" or (opts and opts.shell) then
+    return core_exec(ctx, cmd, opts)
+  end
+  opts = opts or {}
+  local template = require "weft.template"
+  local t, err = template.parse(cmd)
+  if not t then error(err, 2) end
+  local item, index = opts.item, opts.index
+  local argv
+  if item == nil then
+    if not t.implicit then
+      error("bad argument #2 to 'exec' (the template has replacement strings "
+        .. "but opts.item is nil)", 2)
+    end
+    argv = t:expand("", index or 1)
+    argv[#argv] = nil  -- the implicit {} of an item we do not have
+  else
+    argv, err = t:expand(item, index or 1)
+    if not argv then return nil, err end
+  end
+  local rest = {}
+  for k, v in pairs(opts) do
+    if k ~= "item" and k ~= "index" then rest[k] = v end
+  end
+  return core_exec(ctx, argv, rest)
+end
+
 -- The Lua-written parts load on first use, as the duration grammar does:
 -- most worker states never touch them.
 local lazy = {
   group = "weft.group", map = "weft.group", each = "weft.group",
   default_pool = "weft.group", set_default_workers = "weft.group",
-  pipeline = "weft.pipeline",
+  pipeline = "weft.pipeline", template = "weft.template",
 }
 setmetatable(weft, {
   __index = function(t, k)
     local m = lazy[k]
     if m == nil then return nil end
-    local v = require(m)[k]
+    local mod = require(m)
+    local v = mod[k]
+    if v == nil and m == "weft." .. k then v = mod end  -- weft.template
     rawset(t, k, v)
     return v
   end,
