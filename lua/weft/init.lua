@@ -29,6 +29,12 @@ function weft.duration(d)
   error(("bad argument #1 to 'duration' (number or string expected, got %s)"):format(t), 2)
 end
 
+--- The run's root context: under the weft command, canceled by SIGINT or
+-- SIGTERM and ended by --timeout; elsewhere the background context.
+function weft.root()
+  return core.background()
+end
+
 --- weft.exec(ctx, cmd, opts): cmd may also be a command template (a
 -- string, see weft.template): expanded with opts.item and opts.index into
 -- an argv, never run by a shell (unless opts.shell).  Without opts.item, a
