@@ -68,6 +68,9 @@ bool weft_block_on_admit(weft_block *b, struct weft_pool *p);
 bool weft_block_on_idle(weft_block *b, struct weft_pool *p);
 void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
                      lua_KFunction k);
+/* In a job stopped by hard cancel (its context ended, or pool:close gave
+   up): the error it fails with at its blocking call; else NULL. */
+const char *weft_block_canceled(weft_block *b);
 /* After a reset: the deadlock message when the pool found this wait
    hopeless (the call then fails with it), else NULL. */
 const char *weft_block_deadlock(weft_block *b);

@@ -410,6 +410,10 @@ static int ctxwait_k(lua_State *L, int status, lua_KContext kc) {
     if (!weft_block_on_ctx(b, ctx)) continue;
     weft_block_wait(L, b, kc, ctxwait_k);
   }
+  /* A job whose own context ended under hard cancel fails here, whether it
+     was parked or still on its way to park when the cancel came. */
+  const char *stopped = weft_block_canceled(b);
+  if (stopped != NULL) return luaL_error(L, "%s", stopped);
   int err = weft_ctx_err(ctx);
   if (kc == 1) {  /* weft.sleep: true, or nil and the context's error */
     if (err == WEFT_LIVE) {

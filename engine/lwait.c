@@ -161,14 +161,20 @@ const char *weft_block_deadlock(weft_block *b) {
   return b->park.job != NULL ? weft_job_deadlock(b->park.job) : NULL;
 }
 
+const char *weft_block_canceled(weft_block *b) {
+  if (b->park.job == NULL) return NULL;
+  int err = weft_job_canceled(b->park.job);
+  if (err == WEFT_LIVE) return NULL;
+  return err == WEFT_KILLED ? WEFT_KILLED_MSG : weft_ctx_errmsg(err);
+}
+
 void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
                      lua_KFunction k) {
   if (b->park.job != NULL) {
-    int err = weft_job_canceled(b->park.job);
-    if (err != WEFT_LIVE) {  /* hard cancel reaches parked jobs too */
+    const char *msg = weft_block_canceled(b);
+    if (msg != NULL) {  /* hard cancel reaches parked jobs too */
       weft_block_reset(b);
-      luaL_error(L, "%s", err == WEFT_KILLED ? WEFT_KILLED_MSG
-                                              : weft_ctx_errmsg(err));
+      luaL_error(L, "%s", msg);
     }
     int kind = b->xkind;
     void *target = b->xtarget;

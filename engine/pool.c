@@ -206,8 +206,11 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
 }
 
+/* At its next instruction, and at the next return (a parked job resumed
+   in a C continuation that returns straight out of the job, as in
+   `return ctx:wait()`, runs no instruction before it ends). */
 static void arm_hook(lua_State *co) {
-  lua_sethook(co, cancel_hook, LUA_MASKCOUNT, 1);
+  lua_sethook(co, cancel_hook, LUA_MASKCOUNT | LUA_MASKRET, 1);
 }
 
 static void on_cancel_signal(int sig) {
