@@ -413,7 +413,10 @@ static int ctxwait_k(lua_State *L, int status, lua_KContext kc) {
   /* A job whose own context ended under hard cancel fails here, whether it
      was parked or still on its way to park when the cancel came. */
   const char *stopped = weft_block_canceled(b);
-  if (stopped != NULL) return luaL_error(L, "%s", stopped);
+  if (stopped != NULL) {  /* exactly the context's error: no position */
+    lua_pushstring(L, stopped);
+    return lua_error(L);
+  }
   int err = weft_ctx_err(ctx);
   if (kc == 1) {  /* weft.sleep: true, or nil and the context's error */
     if (err == WEFT_LIVE) {

@@ -174,7 +174,8 @@ void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
     const char *msg = weft_block_canceled(b);
     if (msg != NULL) {  /* hard cancel reaches parked jobs too */
       weft_block_reset(b);
-      luaL_error(L, "%s", msg);
+      lua_pushstring(L, msg);  /* exactly the context's error */
+      lua_error(L);
     }
     int kind = b->xkind;
     void *target = b->xtarget;

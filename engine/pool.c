@@ -405,6 +405,7 @@ static void detect_deadlock(weft_pool *p) {
 ** (maybe the very one about to wake it) can run.
 */
 #define SPIN_SECONDS 50e-6
+#define SPIN_IDLE_SECONDS 20e-6
 
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -415,8 +416,9 @@ static void cpu_relax(void) {
 }
 
 static void spin(worker *w) {
-  if (w->nparked == 0) return;
-  double until = weft_now() + SPIN_SECONDS;
+  /* with no job of its own parked, only long enough to catch the next
+     submit of a caller that is feeding the pool one job at a time */
+  double until = weft_now() + (w->nparked > 0 ? SPIN_SECONDS : SPIN_IDLE_SECONDS);
   for (int round = 0; w->ready == NULL && !w->kicked; round++) {
     if (round % 8 == 7 && weft_now() >= until) break;
     pthread_mutex_unlock(&w->mu);

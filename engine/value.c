@@ -904,6 +904,50 @@ static void push_module(dec *d) {
   lua_remove(L, -2);
 }
 
+/*
+** Functions without upvalues (but _ENV, which is the globals anyway) are
+** loaded once per state: a cache in the registry maps their bytecode to
+** the loaded closure (weak values), so a job function sent a thousand
+** times to a worker is loaded there once.  Such a closure depends on
+** nothing but its arguments and globals, so sharing it is invisible
+** (unless a job rebinds its upvalue with the debug library).
+*/
+static const char load_cache_key = 0;
+
+/* Pushes the cached closure for c's bytecode and returns true, or returns
+   false with nothing pushed. */
+static bool load_cached(lua_State *L, const chunk *c) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &load_cache_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return false;
+  }
+  lua_pushlstring(L, c->p, c->n);
+  if (lua_rawget(L, -2) == LUA_TFUNCTION) {
+    lua_remove(L, -2);
+    return true;
+  }
+  lua_pop(L, 2);
+  return false;
+}
+
+/* Caches the closure on top (just loaded from c). */
+static void cache_loaded(lua_State *L, const chunk *c) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &load_cache_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &load_cache_key);
+  }
+  lua_pushlstring(L, c->p, c->n);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static void decode_value(dec *d) {
   lua_State *L = d->L;
   int tag = d->b->data[d->pos++];
@@ -946,9 +990,15 @@ static void decode_value(dec *d) {
       get_bytes(d, &n, sizeof n);
       chunk c = {(const char *)d->b->data + d->pos, n};
       d->pos += n;
-      if (lua_load(L, chunk_reader, &c, "=(weft copy)", "b") != LUA_OK)
-        lua_error(L);
-      int nups = d->b->data[d->pos++];
+      int nups = d->b->data[d->pos];
+      bool shared = nups == 0 || (nups == 1 && d->b->data[d->pos + 1] == T_GLOBALS);
+      const chunk code = c;  /* the reader consumes c */
+      if (!shared || !load_cached(L, &code)) {
+        if (lua_load(L, chunk_reader, &c, "=(weft copy)", "b") != LUA_OK)
+          lua_error(L);
+        if (shared) cache_loaded(L, &code);
+      }
+      d->pos++;
       register_id(d);
       dpush_frame(d, F_FUNC, nups);
       break;

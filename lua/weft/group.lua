@@ -467,9 +467,26 @@ local function copy_error(msg, batch)
   end))
 end
 
+-- What a job runs: small functions with no upvalue but _ENV, so a worker
+-- loads each once (value.c caches such functions), calling the wrappers
+-- above through the worker's own weft.group.
+M._run_job, M._run_batch, M._run_batch_logged = run_job, run_batch, run_batch_logged
+
+local function job_entry(...)
+  return require("weft.group")._run_job(...)
+end
+
+local function batch_entry(...)
+  return require("weft.group")._run_batch(...)
+end
+
+local function logged_batch_entry(...)
+  return require("weft.group")._run_batch_logged(...)
+end
+
 function Group:runner(batch)
-  if not batch then return run_job end
-  return self.spec.timing and run_batch_logged or run_batch
+  if not batch then return job_entry end
+  return self.spec.timing and logged_batch_entry or batch_entry
 end
 
 function Group:submit(try, label, batch, fn, ...)
