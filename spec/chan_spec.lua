@@ -16,65 +16,21 @@
 local weft = require "weft"
 
 local CANCELED, DEADLINE, CLOSED = weft.CANCELED, weft.DEADLINE_EXCEEDED, weft.CLOSED
-local bg = weft.background()
 
--- plain | tsan | asan (set by spec/run); big tests are scaled down under
--- the sanitizers, and say so in their names.
-local VARIANT = os.getenv("WEFT_TEST_VARIANT") or "plain"
-local SANITIZED = VARIANT ~= "plain"
+-- The shared harness (spec/harness.lua): bounded, await, eventually,
+-- new_pool, parked; root is canceled after each test, then its pools are
+-- closed (the newest first).  VARIANT is plain | tsan | asan (set by
+-- spec/run); big tests are scaled down under the sanitizers, and say so in
+-- their names.
+local harness = dofile("spec/harness.lua").configure { root_timeout = 240 }
+local VARIANT, SANITIZED = harness.VARIANT, harness.SANITIZED
+local bounded, await, eventually = harness.bounded, harness.await, harness.eventually
+local new_pool, parked = harness.new_pool, harness.parked
+local elapsed_since = harness.elapsed_since
 
-local root, cancel_root
-local pools
-
--- A context under root that ends by itself after d seconds (default 20).
-local function bounded(d)
-  return (weft.with_timeout(root, d or 20))
-end
-
--- f:wait() with a bound; fails the test (instead of hanging) when the
--- future is still pending after d seconds.  Returns what f:wait returns.
-local function await(f, d)
-  local r = table.pack(f:wait(bounded(d or 20)))
-  assert(r[1] ~= nil, "future still pending after " .. (d or 20) .. "s: " .. tostring(r[2]))
-  return table.unpack(r, 1, r.n)
-end
-
--- Polls cond() every 5 ms until it is true or d seconds (default 10)
--- passed; returns whether it became true.
-local function eventually(cond, d)
-  local deadline = weft.now() + (d or 10)
-  while not cond() do
-    if weft.now() > deadline then return false end
-    weft.sleep(bg, 0.005)
-  end
-  return true
-end
-
-local function new_pool(opts)
-  local p, err = weft.pool(opts)
-  assert(p, err)
-  pools[#pools + 1] = p
-  return p
-end
-
--- Waits until n jobs of p are parked (blocked in a weft call).
-local function parked(p, n)
-  assert(eventually(function() return p:stats().parked == n end),
-    "expected " .. n .. " parked jobs, have " .. p:stats().parked)
-end
-
-before_each(function()
-  root, cancel_root = weft.with_timeout(bg, 240)
-  pools = {}
-end)
-
-after_each(function()
-  cancel_root("test over")
-  for i = #pools, 1, -1 do pools[i]:close() end
-  pools = nil
-end)
-
-local function elapsed_since(t0) return weft.now() - t0 end
+local root
+before_each(function() root = harness.start() end)
+after_each(harness.finish)
 
 -------------------------------------------------------------------------------
 describe("weft.chan", function()

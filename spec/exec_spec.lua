@@ -6,12 +6,13 @@
 local weft = require "weft"
 
 local CANCELED, DEADLINE = weft.CANCELED, weft.DEADLINE_EXCEEDED
-local bg = weft.background()
 
--- A context that ends by itself after d seconds (default 20).
-local function bounded(d)
-  return (weft.with_timeout(bg, d or 20))
-end
+-- The shared harness (spec/harness.lua): bounded (here a context under the
+-- background context that ends by itself after d seconds, default 20),
+-- await, eventually.  No root and no pools here.
+local harness = dofile("spec/harness.lua").configure { bounded_under = "background" }
+local bg = harness.bg
+local bounded, await, eventually = harness.bounded, harness.await, harness.eventually
 
 -- Under the sanitizer runs spec/run preloads the sanitizer runtime into
 -- lua5.4 (LD_PRELOAD), and children inherit it: dash crashes with
@@ -33,21 +34,6 @@ local function exec(ctx, cmd, opts)
     opts = o
   end
   return weft.exec(ctx, cmd, opts)
-end
-
-local function await(f, d)
-  local r = table.pack(f:wait(bounded(d or 20)))
-  assert(r[1] ~= nil, "future still pending: " .. tostring(r[2]))
-  return table.unpack(r, 1, r.n)
-end
-
-local function eventually(cond, d)
-  local deadline = weft.now() + (d or 10)
-  while not cond() do
-    if weft.now() > deadline then return false end
-    weft.sleep(bg, 0.005)
-  end
-  return true
 end
 
 local function mypid()

@@ -15,12 +15,17 @@
 local weft = require "weft"
 
 local CANCELED, DEADLINE, DEADLOCK = weft.CANCELED, weft.DEADLINE_EXCEEDED, weft.DEADLOCK
-local bg = weft.background()
 
--- plain | tsan | asan (set by spec/run); big tests are scaled down under
--- the sanitizers, and say so in their names.
-local VARIANT = os.getenv("WEFT_TEST_VARIANT") or "plain"
-local SANITIZED = VARIANT ~= "plain"
+-- The shared harness (spec/harness.lua): bounded, await, eventually,
+-- new_pool; root (no timeout of its own here) is canceled after each test,
+-- then its pools are closed in the order they were made, each with
+-- assert(p:close("2s")).  VARIANT is plain | tsan | asan (set by
+-- spec/run); big tests are scaled down under the sanitizers, and say so in
+-- their names.  spin: see the harness (under ThreadSanitizer a spinning
+-- job must call malloc to be stopped, as in spec/pool_cancel_spec.lua).
+local harness = dofile("spec/harness.lua").configure { close_timeout = "2s", close_oldest_first = true }
+local VARIANT, SANITIZED, spin = harness.VARIANT, harness.SANITIZED, harness.spin
+local bounded, await, eventually, new_pool = harness.bounded, harness.await, harness.eventually, harness.new_pool
 
 local function scaled(n, small)
   return SANITIZED and small or n
@@ -28,45 +33,6 @@ end
 
 local function scale_note(from)
   return SANITIZED and (" (scaled down from %s under %s)"):format(from, VARIANT) or ""
-end
-
--- Under ThreadSanitizer a signal reaches a thread only when it enters an
--- intercepted function, so a spinning job must call malloc to be stopped
--- (see spec/pool_cancel_spec.lua).
-local spin = VARIANT == "tsan" and function() while true do local _ = {} end end
-                                 or function() while true do end end
-
-local root, cancel_root
-local pools
-
--- A context under root that ends by itself after d seconds (default 20).
-local function bounded(d)
-  return (weft.with_timeout(root, d or 20))
-end
-
-local function new_pool(opts)
-  local p, err = weft.pool(opts)
-  assert(p, err)
-  pools[#pools + 1] = p
-  return p
-end
-
--- f:wait() with a bound; fails the test when f is still pending.
-local function await(f, d)
-  local r = table.pack(f:wait(bounded(d or 20)))
-  assert(r[1] ~= nil, "future still pending after " .. (d or 20) .. "s: " .. tostring(r[2]))
-  return table.unpack(r, 1, r.n)
-end
-
--- Polls cond() every 5 ms until it is true or d seconds (default 10)
--- passed; returns whether it became true.
-local function eventually(cond, d)
-  local deadline = weft.now() + (d or 10)
-  while not cond() do
-    if weft.now() > deadline then return false end
-    weft.sleep(bg, 0.005)
-  end
-  return true
 end
 
 -- pcall(f) raises an error whose message contains `text`.
@@ -153,17 +119,8 @@ local function is_sorted(t, n)
   return true
 end
 
-before_each(function()
-  root, cancel_root = weft.with_cancel(bg)
-  pools = {}
-end)
-
-after_each(function()
-  cancel_root("test over")
-  for _, p in ipairs(pools) do
-    assert(p:close("2s"))
-  end
-end)
+before_each(harness.start)
+after_each(harness.finish)
 
 describe("weft.group", function()
   it("runs fn(gctx, ...) on the group's pool, with its arguments", function()

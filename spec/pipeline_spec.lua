@@ -17,33 +17,16 @@ local weft = require "weft"
 local pipeline = require "weft.pipeline"
 
 local CANCELED, DEADLINE = weft.CANCELED, weft.DEADLINE_EXCEEDED
-local bg = weft.background()
 
-local root, cancel_root
-local pools
+-- The shared harness (spec/harness.lua): bounded (a context under root
+-- that ends by itself after d seconds, default 30 here) and new_pool; root
+-- is canceled after each test, then its pools are closed (the newest first).
+local harness = dofile("spec/harness.lua").configure { root_timeout = 240, bound = 30 }
+local bounded, new_pool = harness.bounded, harness.new_pool
 
--- A context under root that ends by itself after d seconds (default 30).
-local function bounded(d)
-  return (weft.with_timeout(root, d or 30))
-end
-
-local function new_pool(opts)
-  local p, err = weft.pool(opts)
-  assert(p, err)
-  pools[#pools + 1] = p
-  return p
-end
-
-before_each(function()
-  root, cancel_root = weft.with_timeout(bg, 240)
-  pools = {}
-end)
-
-after_each(function()
-  cancel_root("test over")
-  for i = #pools, 1, -1 do pools[i]:close() end
-  pools = nil
-end)
+local root
+before_each(function() root = harness.start() end)
+after_each(harness.finish)
 
 local function range(n)
   local t = {}
@@ -65,13 +48,9 @@ local function timed(source, stages, opts, d)
   return r, err, weft.now() - t0
 end
 
--- Spins without ever yielding, until hard cancel interrupts it.  Under
--- ThreadSanitizer a signal reaches a thread only when it enters an
--- intercepted function, so there the loop allocates (as in
--- spec/pool_cancel_spec.lua).
-local spin = os.getenv("WEFT_TEST_VARIANT") == "tsan"
-  and function() while true do local _ = {} end end
-  or function() while true do end end
+-- Spins without ever yielding, until hard cancel interrupts it (under
+-- ThreadSanitizer the loop allocates: see spec/harness.lua).
+local spin = harness.spin
 
 -- A stage that would hold the run for a minute unless canceled.
 local function stuck(ctx, v)

@@ -2,15 +2,12 @@
 -- are errors, never hangs" and "Cancellation reaches running code").
 local weft = require "weft"
 
-local bg = weft.background()
-
--- Under ThreadSanitizer, signals reach a thread only when it enters an
--- intercepted function; a loop that never leaves Debian's (uninstrumented)
--- liblua would never see the cancel signal there.  The allocating loop
--- calls malloc; the plain and ASan runs use the pure loop.
-local tsan = os.getenv("WEFT_TEST_VARIANT") == "tsan"
-local spin = tsan and function() while true do local _ = {} end end
-                  or function() while true do end end
+-- The shared harness (spec/harness.lua) gives the variant (plain | tsan |
+-- asan, set by spec/run) and `spin`, a loop that never yields: under
+-- ThreadSanitizer, signals reach a thread only when it enters an
+-- intercepted function, so there the loop calls malloc.
+local harness = dofile("spec/harness.lua")
+local bg, spin = harness.bg, harness.spin
 
 -- Waits for f with a bound, so a broken cancel fails instead of hanging.
 local function wait(f, bound)
@@ -264,8 +261,7 @@ describe("cancel functions", function()
 end)
 
 describe("worker warnings", function()
-  local variant = os.getenv("WEFT_TEST_VARIANT")
-  local child_ok = variant == nil or variant == "plain"
+  local child_ok = not harness.SANITIZED
 
   it("route errors in __gc to the log, prefixed with the pool's name", function()
     if not child_ok then

@@ -8,55 +8,18 @@
 local weft = require "weft"
 
 local CANCELED, DEADLINE = weft.CANCELED, weft.DEADLINE_EXCEEDED
-local bg = weft.background()
 
--- A context that ends by itself after d seconds (default 20).
-local function bounded(d)
-  return (weft.with_timeout(bg, d or 20))
-end
+-- The shared harness (spec/harness.lua): bounded (here a context under
+-- the background context, not root, that ends by itself after d seconds,
+-- default 20), await, eventually, new_pool.  Each test runs its jobs under
+-- `root`; after the test, root is canceled (releasing any job still waiting
+-- on it) and every pool made with `new_pool` is closed (the newest first).
+local harness = dofile("spec/harness.lua").configure { root_timeout = 60, bounded_under = "background" }
+local bounded, await, eventually, new_pool = harness.bounded, harness.await, harness.eventually, harness.new_pool
 
--- f:wait() with a bound; fails the test (instead of hanging) when the
--- future is still pending after d seconds.  Returns what f:wait returns.
-local function await(f, d)
-  local r = table.pack(f:wait(bounded(d or 20)))
-  assert(r[1] ~= nil, "future still pending after " .. (d or 20) .. "s: " .. tostring(r[2]))
-  return table.unpack(r, 1, r.n)
-end
-
--- Polls cond() every 5 ms until it is true or d seconds (default 10)
--- passed; returns whether it became true.
-local function eventually(cond, d)
-  local deadline = weft.now() + (d or 10)
-  while not cond() do
-    if weft.now() > deadline then return false end
-    weft.sleep(bg, 0.005)
-  end
-  return true
-end
-
--- Each test runs its jobs under `root`; after the test, root is canceled
--- (releasing any job still waiting on it) and every pool made with
--- `new_pool` is closed.
-local root, cancel_root
-local pools
-
-local function new_pool(opts)
-  local p, err = weft.pool(opts)
-  assert(p, err)
-  pools[#pools + 1] = p
-  return p
-end
-
-before_each(function()
-  root, cancel_root = weft.with_timeout(bg, 60)
-  pools = {}
-end)
-
-after_each(function()
-  cancel_root("test over")
-  for i = #pools, 1, -1 do pools[i]:close() end
-  pools = nil
-end)
+local root
+before_each(function() root = harness.start() end)
+after_each(harness.finish)
 
 -- on_panic that keeps the test output quiet
 local function quiet() end

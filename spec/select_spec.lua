@@ -10,57 +10,16 @@
 local weft = require "weft"
 
 local CANCELED, DEADLINE, CLOSED = weft.CANCELED, weft.DEADLINE_EXCEEDED, weft.CLOSED
-local bg = weft.background()
 
-local VARIANT = os.getenv("WEFT_TEST_VARIANT") or "plain"
-local SANITIZED = VARIANT ~= "plain"
+-- The shared harness (spec/harness.lua), as in spec/chan_spec.lua.
+local harness = dofile("spec/harness.lua").configure { root_timeout = 120 }
+local VARIANT, SANITIZED = harness.VARIANT, harness.SANITIZED
+local bounded, await, new_pool, parked = harness.bounded, harness.await, harness.new_pool, harness.parked
+local elapsed_since = harness.elapsed_since
 
-local root, cancel_root
-local pools
-
-local function bounded(d)
-  return (weft.with_timeout(root, d or 20))
-end
-
-local function await(f, d)
-  local r = table.pack(f:wait(bounded(d or 20)))
-  assert(r[1] ~= nil, "future still pending after " .. (d or 20) .. "s: " .. tostring(r[2]))
-  return table.unpack(r, 1, r.n)
-end
-
-local function eventually(cond, d)
-  local deadline = weft.now() + (d or 10)
-  while not cond() do
-    if weft.now() > deadline then return false end
-    weft.sleep(bg, 0.005)
-  end
-  return true
-end
-
-local function new_pool(opts)
-  local p, err = weft.pool(opts)
-  assert(p, err)
-  pools[#pools + 1] = p
-  return p
-end
-
-local function parked(p, n)
-  assert(eventually(function() return p:stats().parked == n end),
-    "expected " .. n .. " parked jobs, have " .. p:stats().parked)
-end
-
-before_each(function()
-  root, cancel_root = weft.with_timeout(bg, 120)
-  pools = {}
-end)
-
-after_each(function()
-  cancel_root("test over")
-  for i = #pools, 1, -1 do pools[i]:close() end
-  pools = nil
-end)
-
-local function elapsed_since(t0) return weft.now() - t0 end
+local root
+before_each(function() root = harness.start() end)
+after_each(harness.finish)
 
 -------------------------------------------------------------------------------
 describe("weft.select cases", function()
