@@ -104,14 +104,9 @@ weft_chan *weft_chan_new(weft_runtime *rt, long cap) {
   weft_chan *ch = weft_alloc(rt, sizeof *ch);
   if (ch == NULL) return NULL;
   memset(ch, 0, sizeof *ch);
-  pthread_mutexattr_t a;  /* spin a little before sleeping: held briefly */
-  pthread_mutexattr_init(&a);
-#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
-  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
-#endif
-  int e = pthread_mutex_init(&ch->mu, &a);
-  pthread_mutexattr_destroy(&a);
-  if (e != 0) {
+  /* a plain mutex: an adaptive (spinning) one halved the throughput of a
+     busy channel between two workers here (bench/chan_bench.lua) */
+  if (pthread_mutex_init(&ch->mu, NULL) != 0) {
     weft_free(rt, ch, sizeof *ch);
     return NULL;
   }
