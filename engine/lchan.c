@@ -7,8 +7,9 @@
 ** (binding.h) with a reference to each channel and to the context, so
 ** the call holds what it waits on whatever the script does to its
 ** arguments meanwhile.  Locking: none here (channel.c).  A send encodes
-** its value before any channel call; a receive decodes after, under a
-** protected call or from a buffer the block owns, so a raise leaks nothing.
+** its value before any channel call; a receive decodes after, with
+** weft_buf_decode_release (the buffer is dropped even when decoding
+** raises) or from a buffer the block owns, so a raise leaks nothing.
 */
 #include <lauxlib.h>
 #include <stdint.h>
