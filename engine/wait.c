@@ -7,9 +7,11 @@
 */
 #include "wait.h"
 
+#include <sched.h>
 #include <time.h>
 
 #include "pool.h"
+#include "runtime.h"
 
 void weft_waiters_add(weft_waiter **head, weft_waiter *w) {
   w->prev = NULL;
@@ -78,8 +80,35 @@ void weft_park_wake(weft_park *p) {
   pthread_mutex_unlock(&p->mu);
 }
 
+/*
+** A thread about to sleep on a park spins a little first (up to
+** SPIN_SECONDS, yielding the CPU after the first rounds): the wake-up it
+** waits for (a job finishing, a cancel) often comes within microseconds,
+** sooner than a sleeping thread is woken and scheduled again.
+*/
+#define SPIN_SECONDS 50e-6
+
+static void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
 void weft_park_block(weft_park *p) {
   pthread_mutex_lock(&p->mu);
+  double until = 0;
+  for (int round = 0; !p->woken; round++) {
+    if (round == 0) until = weft_now() + SPIN_SECONDS;
+    else if (round % 8 == 7 && weft_now() >= until) break;
+    pthread_mutex_unlock(&p->mu);
+    if (round < 8)
+      for (int i = 0; i < 16; i++) cpu_relax();
+    else
+      sched_yield();
+    pthread_mutex_lock(&p->mu);
+  }
   while (!p->woken) pthread_cond_wait(&p->cv, &p->mu);
   p->woken = false;
   pthread_mutex_unlock(&p->mu);
