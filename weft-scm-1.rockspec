@@ -55,6 +55,7 @@ build = {
     weft = "lua/weft/init.lua",
     ["weft.duration"] = "lua/weft/duration.lua",
     ["weft.cli"] = "lua/weft/cli.lua",
+    ["weft.grammar"] = "lua/weft/grammar.lua",
     ["weft.group"] = "lua/weft/group.lua",
     ["weft.pipeline"] = "lua/weft/pipeline.lua",
     ["weft.runlog"] = "lua/weft/runlog.lua",

@@ -17,6 +17,7 @@
 --   invalid duration "1x": unknown unit "x" at column 2
 -- A non-string argument raises.  The grammar is compiled once, at load.
 local lpeg = require "lpeg"
+local shared = require "weft.grammar"
 
 local P, R, S, C, Cc, Cp, Ct = lpeg.P, lpeg.R, lpeg.S, lpeg.C, lpeg.Cc, lpeg.Cp, lpeg.Ct
 local match = lpeg.match
@@ -46,31 +47,14 @@ local digit = R "09"
 local word_char = R("az", "AZ") + R "\128\255" -- letters, and non-ASCII bytes (µ)
 local word = word_char ^ 1
 local any_char = R "\0\127" + R "\194\244" * R "\128\191" ^ 0 + P(1) -- one UTF-8 character
-local rest = P(1) ^ 0
+local rest = shared.rest
 
 -- unit names longest first, and a unit must end where the word ends
 local unit = (P "ms" + P "us" + P "µs" + P "μs" + P "ns" + S "hms") * -word_char
 
-local function failure(reason)
-  -- reason is a string, or a function of the offending text
-  return function(pos, text)
-    local why = reason
-    if type(why) == "function" then why = why(text) end
-    return { fail = why, pos = pos }
-  end
-end
+local failure, fail = shared.failure, shared.fail
 
-local function fail(pattern, reason)
-  return Cp() * pattern * rest / failure(reason)
-end
-
-local escapes = { ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r", ['"'] = '\\"', ["\\"] = "\\\\" }
-
-local function quote(text)
-  return '"' .. text:gsub('[%c"\\]', function(c)
-    return escapes[c] or ("\\%03d"):format(c:byte())
-  end) .. '"'
-end
+local quote = shared.quote
 
 local function unexpected(text)
   return "unexpected " .. quote(text)

@@ -67,6 +67,7 @@
 -- item, index) is parse and expand in one call.  The grammar is compiled
 -- once, at load.
 local lpeg = require "lpeg"
+local shared = require "weft.grammar"
 
 local P, R, S, C, Cc, Cp, Ct = lpeg.P, lpeg.R, lpeg.S, lpeg.C, lpeg.Cc, lpeg.Cp, lpeg.Ct
 local match = lpeg.match
@@ -77,13 +78,7 @@ local template = {}
 
 -- Messages ------------------------------------------------------------------
 
-local escapes = { ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r", ['"'] = '\\"', ["\\"] = "\\\\" }
-
-local function quote(text)
-  return '"' .. text:gsub('[%c"\\]', function(c)
-    return escapes[c] or ("\\%03d"):format(c:byte())
-  end) .. '"'
-end
+local quote = shared.quote
 
 -- Line, column (in UTF-8 characters when the line is valid UTF-8) and the
 -- text of the line holding byte pos, and the prefix of that line before pos.
@@ -125,22 +120,11 @@ end
 -- pos = byte } that swallows the rest of the input (so it is the last
 -- part of the last word).
 
-local rest = P(1) ^ 0
+local rest = shared.rest
 local space = S " \t\n\r\v\f"
 local special = space + S "'\"\\{}"
 
-local function failure(reason)
-  -- reason is a string, or a function of the captured text
-  return function(pos, text)
-    local why = reason
-    if type(why) == "function" then why = why(text) end
-    return { fail = why, pos = pos }
-  end
-end
-
-local function fail(pattern, reason)
-  return Cp() * pattern * rest / failure(reason)
-end
+local failure, fail = shared.failure, shared.fail
 
 -- replacement strings
 local op = C(P "//" + P "/." + P "/" + P ".") + Cc ""
