@@ -612,6 +612,13 @@ static const luaL_Reg pool_meta[] = {
 static const luaL_Reg future_methods[] = {
     {"wait", f_wait}, {"done", f_done}, {"_settle", NULL}, {NULL, NULL}};
 
+/* weft.sleep, and what weft.group builds on (weft._...) */
+static const luaL_Reg module_funcs[] = {
+    {"sleep", l_sleep},           {"_current_pool", l_current_pool},
+    {"_result_into", l_result_into}, {"_table", l_table},
+    {"_wait_any", l_wait_any},    {"_shield", l_shield},
+    {"_guard", l_guard},          {NULL, NULL}};
+
 void weft_open_pool(lua_State *L) {
   weft_new_class(L, &weft_pool_class, pool_methods, pool_meta);
   weft_new_class(L, &weft_future_class, future_methods, NULL);
@@ -623,20 +630,7 @@ void weft_open_pool(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_pool, 1);  /* the module, for ncpu */
   lua_setfield(L, -2, "pool");
-  lua_pushcfunction(L, l_sleep);
-  lua_setfield(L, -2, "sleep");
-  lua_pushcfunction(L, l_current_pool);
-  lua_setfield(L, -2, "_current_pool");
-  lua_pushcfunction(L, l_result_into);
-  lua_setfield(L, -2, "_result_into");
-  lua_pushcfunction(L, l_table);
-  lua_setfield(L, -2, "_table");
-  lua_pushcfunction(L, l_wait_any);
-  lua_setfield(L, -2, "_wait_any");
-  lua_pushcfunction(L, l_shield);
-  lua_setfield(L, -2, "_shield");
-  lua_pushcfunction(L, l_guard);
-  lua_setfield(L, -2, "_guard");
+  luaL_setfuncs(L, module_funcs, 0);
   lua_pushliteral(L, SATURATED_MSG);
   lua_setfield(L, -2, "SATURATED");
   lua_pushliteral(L, CLOSED_MSG);

@@ -18,7 +18,6 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdatomic.h>
@@ -150,6 +149,8 @@ static void kick_idle(weft_pool *p) {
 ** false when there is none.  p->mu held; takes the workers' mu.
 */
 static bool defer_new_job(weft_pool *p, worker *w) {
+  if (p->idle == NULL || (p->idle == w && w->idle_next == NULL))
+    return false;  /* nobody to leave it to: no lock taken */
   pthread_mutex_lock(&w->mu);
   int mine = w->nparked;
   pthread_mutex_unlock(&w->mu);
@@ -250,31 +251,29 @@ static void cancel_wake(weft_waiter *wt) {
 /* ---------------------------------------------------------------------- */
 /* jobs */
 
-weft_pool *weft_pool_of_state(lua_State *L) {
+/* The worker whose state L is (any coroutine of it), else NULL. */
+static worker *worker_of(lua_State *L) {
   worker *w = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
     w = lua_touserdata(L, -1);
   lua_pop(L, 1);
+  return w;
+}
+
+weft_pool *weft_pool_of_state(lua_State *L) {
+  worker *w = worker_of(L);
   return w != NULL ? w->pool : NULL;
 }
 
 weft_job *weft_job_running(lua_State *L) {
-  worker *w = NULL;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
-    w = lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  worker *w = worker_of(L);
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   return j != NULL && j->co == L ? j : NULL;
 }
 
 weft_job *weft_job_of(lua_State *L) {
-  worker *w = NULL;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &worker_key) == LUA_TLIGHTUSERDATA)
-    w = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
-  if (j == NULL || j->co != L || !lua_isyieldable(L)) return NULL;
-  return j;
+  weft_job *j = weft_job_running(L);
+  return j != NULL && lua_isyieldable(L) ? j : NULL;
 }
 
 void weft_job_wake(weft_job *j) {
@@ -397,37 +396,20 @@ static void detect_deadlock(weft_pool *p) {
 }
 
 /*
-** An idle worker whose own jobs are parked spins a little (w->mu held on
-** entry and exit, released while it spins) before it sleeps: a job parked
-** on a channel is usually woken within microseconds, sooner than a
-** sleeping thread can be woken and scheduled.  After the first rounds it
-** yields the CPU between checks, so that a thread it shares a core with
-** (maybe the very one about to wake it) can run.
+** An idle worker spins a little (weft_spin) before it sleeps: a job of its
+** own parked on a channel is usually woken within microseconds, and a
+** caller feeding the pool one job at a time submits the next one soon.
 */
-#define SPIN_SECONDS 50e-6
 #define SPIN_IDLE_SECONDS 20e-6
 
-static void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  __asm__ __volatile__("yield");
-#endif
+static bool has_work(void *ud) {
+  worker *w = ud;
+  return w->ready != NULL || w->kicked;
 }
 
 static void spin(worker *w) {
-  /* with no job of its own parked, only long enough to catch the next
-     submit of a caller that is feeding the pool one job at a time */
-  double until = weft_now() + (w->nparked > 0 ? SPIN_SECONDS : SPIN_IDLE_SECONDS);
-  for (int round = 0; w->ready == NULL && !w->kicked; round++) {
-    if (round % 8 == 7 && weft_now() >= until) break;
-    pthread_mutex_unlock(&w->mu);
-    if (round < 8)
-      for (int i = 0; i < 16; i++) cpu_relax();
-    else
-      sched_yield();
-    pthread_mutex_lock(&w->mu);
-  }
+  weft_spin(&w->mu, has_work, w,
+            w->nparked > 0 ? WEFT_SPIN_SECONDS : SPIN_IDLE_SECONDS);
 }
 
 /* The job yielded to park: park it, unless it was woken meanwhile. */

@@ -80,14 +80,6 @@ void weft_park_wake(weft_park *p) {
   pthread_mutex_unlock(&p->mu);
 }
 
-/*
-** A thread about to sleep on a park spins a little first (up to
-** SPIN_SECONDS, yielding the CPU after the first rounds): the wake-up it
-** waits for (a job finishing, a cancel) often comes within microseconds,
-** sooner than a sleeping thread is woken and scheduled again.
-*/
-#define SPIN_SECONDS 50e-6
-
 static void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
@@ -96,19 +88,30 @@ static void cpu_relax(void) {
 #endif
 }
 
-void weft_park_block(weft_park *p) {
-  pthread_mutex_lock(&p->mu);
+void weft_spin(pthread_mutex_t *mu, bool (*done)(void *), void *ud,
+               double seconds) {
   double until = 0;
-  for (int round = 0; !p->woken; round++) {
-    if (round == 0) until = weft_now() + SPIN_SECONDS;
-    else if (round % 8 == 7 && weft_now() >= until) break;
-    pthread_mutex_unlock(&p->mu);
+  for (int round = 0; !done(ud); round++) {
+    if (round == 0)
+      until = weft_now() + seconds;
+    else if (round % 8 == 7 && weft_now() >= until)
+      return;
+    pthread_mutex_unlock(mu);
     if (round < 8)
       for (int i = 0; i < 16; i++) cpu_relax();
     else
-      sched_yield();
-    pthread_mutex_lock(&p->mu);
+      sched_yield();  /* a thread sharing our core may be the waker */
+    pthread_mutex_lock(mu);
   }
+}
+
+static bool park_woken(void *p) { return ((weft_park *)p)->woken; }
+
+/* A wake-up (a job finishing, a cancel) often comes within microseconds,
+   sooner than a sleeping thread is woken and scheduled again: spin first. */
+void weft_park_block(weft_park *p) {
+  pthread_mutex_lock(&p->mu);
+  weft_spin(&p->mu, park_woken, p, WEFT_SPIN_SECONDS);
   while (!p->woken) pthread_cond_wait(&p->cv, &p->mu);
   p->woken = false;
   pthread_mutex_unlock(&p->mu);

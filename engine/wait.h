@@ -54,6 +54,16 @@ void weft_park_wake(weft_park *p);
 /* Thread mode: blocks until woken (then clears the flag). */
 void weft_park_block(weft_park *p);
 
+/*
+** Spins until done(ud), for at most `seconds`, before a thread goes to
+** sleep on a condition variable: mu (guarding what done reads) is held on
+** entry and on return, released while spinning; after the first rounds
+** the CPU is yielded between checks.
+*/
+#define WEFT_SPIN_SECONDS 50e-6
+void weft_spin(pthread_mutex_t *mu, bool (*done)(void *), void *ud,
+               double seconds);
+
 /* A waiter that wakes a park. */
 typedef struct weft_park_waiter {
   weft_waiter w;

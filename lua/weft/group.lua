@@ -438,11 +438,9 @@ function Group:reap_any()
       at[#at + 1] = i
     end
   end
-  local k, err = core._wait_any(futures)
-  if not k then  -- deadlock: the oldest job's wait will say so too
-    return self:reap(self.head), err
-  end
-  return self:reap(at[k])
+  local k = core._wait_any(futures)
+  -- nil: deadlock; then the wait on the oldest job says so too, and fails
+  return self:reap(k and at[k] or self.head)
 end
 
 function Group:check_go(where)
