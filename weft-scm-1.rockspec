@@ -33,6 +33,7 @@ build = {
         "engine/context.c",
         "engine/exec.c",
         "engine/future.c",
+        "engine/host.c",
         "engine/lchan.c",
         "engine/lcontext.c",
         "engine/lexec.c",

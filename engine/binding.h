@@ -88,6 +88,15 @@ void weft_open_pool(lua_State *L);
 /* Adds weft.chan, weft.select and the channel metatable (lchan.c). */
 void weft_open_chan(lua_State *L);
 
+/* Pushes a resolved future's outcome as future:wait gives it (true,
+   results... or false, err); returns the count.  May raise (lpool.c). */
+struct weft_future;
+int weft_push_outcome(lua_State *L, struct weft_future *f);
+
+/* future:on_done(fn), and weft.poll and weft._host_call (host.c). */
+int weft_future_on_done(lua_State *L);
+void weft_open_host(lua_State *L);
+
 /* Adds weft.exec (lexec.c). */
 void weft_open_exec(lua_State *L);
 

@@ -280,6 +280,13 @@ static int wait_or_close(lua_State *L, int close) {
     return luaL_error(L, "pool '%s': %s from one of its own jobs would wait "
                          "for itself", weft_pool_name(p),
                       close ? "close" : "wait");
+  if (p == weft_runtime_of(L)->pool && close)
+    return luaL_error(L, "pool '%s' is the runtime's: weft_runtime_close "
+                         "closes it", weft_pool_name(p));
+  if (weft_pool_is_host_thread(p))
+    return luaL_error(L, "pool '%s' is cooperative: its jobs run only in "
+                         "weft.poll, so %s here would never return",
+                      weft_pool_name(p), close ? "close" : "wait");
   lua_settop(L, 1);
   lua_pushnumber(L, timeout);
   if (close) weft_pool_shutdown(p);
@@ -340,19 +347,22 @@ static int p_name(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 /* futures */
 
-static int push_outcome(lua_State *L, weft_future *f) {
-  int state = weft_future_state(f);
-  if (lua_toboolean(L, lua_upvalueindex(1))) {  /* _settle: no results */
-    lua_pushboolean(L, state == WEFT_FUT_OK);
-    return 1;
-  }
+int weft_push_outcome(lua_State *L, weft_future *f) {
   weft_buf *result = weft_future_result(f);
-  lua_pushboolean(L, state == WEFT_FUT_OK);
+  lua_pushboolean(L, weft_future_state(f) == WEFT_FUT_OK);
   if (result == NULL) {  /* the worker ran out of memory reporting it */
     lua_pushliteral(L, "not enough memory");
     return 2;
   }
   return 1 + weft_buf_decode(L, result);
+}
+
+static int push_outcome(lua_State *L, weft_future *f) {
+  if (lua_toboolean(L, lua_upvalueindex(1))) {  /* _settle: no results */
+    lua_pushboolean(L, weft_future_state(f) == WEFT_FUT_OK);
+    return 1;
+  }
+  return weft_push_outcome(L, f);
 }
 
 /* stack: future, [ctx], block at kc */
@@ -591,9 +601,11 @@ static int l_guard(lua_State *L) {
   return 1;
 }
 
-/* weft._current_pool(): the pool of the worker running this state, or nil */
+/* weft._current_pool(): the pool of the worker running this state, else
+   the runtime's pool (a host's), else nil */
 static int l_current_pool(lua_State *L) {
   weft_pool *p = weft_pool_of_state(L);
+  if (p == NULL) p = weft_runtime_of(L)->pool;
   if (p == NULL) return 0;
   weft_push_object(L, (weft_object *)p);
   return 1;
@@ -610,7 +622,8 @@ static const luaL_Reg pool_meta[] = {
     {"__gc", p_gc}, {"__close", p_close}, {NULL, NULL}};
 
 static const luaL_Reg future_methods[] = {
-    {"wait", f_wait}, {"done", f_done}, {"_settle", NULL}, {NULL, NULL}};
+    {"wait", f_wait},          {"done", f_done}, {"_settle", NULL},
+    {"on_done", weft_future_on_done}, {NULL, NULL}};
 
 /* weft.sleep, and what weft.group builds on (weft._...) */
 static const luaL_Reg module_funcs[] = {

@@ -34,6 +34,7 @@ struct weft_block {
   void *extra;
   int xkind;     /* what the extra registrations wait for (deadlocks) */
   void *xtarget;
+  const char *hopeless;  /* a thread wait that could never end */
   int n;
   struct {
     int kind;
@@ -158,7 +159,22 @@ bool weft_block_on_idle(weft_block *b, weft_pool *p) {
 }
 
 const char *weft_block_deadlock(weft_block *b) {
-  return b->park.job != NULL ? weft_job_deadlock(b->park.job) : NULL;
+  if (b->park.job != NULL) return weft_job_deadlock(b->park.job);
+  const char *msg = b->hopeless;
+  b->hopeless = NULL;
+  return msg;
+}
+
+/* Whether source i needs the work of a cooperative pool that this very
+   thread runs (then a thread wait on it could never end). */
+static bool needs_own_poll(weft_block *b, int i) {
+  weft_pool *p = NULL;
+  switch (b->src[i].kind) {
+    case SRC_FUTURE: p = weft_future_pool(b->src[i].obj); break;
+    case SRC_ADMIT: case SRC_IDLE: p = b->src[i].obj; break;
+    default: break;
+  }
+  return p != NULL && weft_pool_is_host_thread(p);
 }
 
 const char *weft_block_canceled(weft_block *b) {
@@ -187,5 +203,12 @@ void weft_block_wait(lua_State *L, weft_block *b, lua_KContext kctx,
     weft_job_park(L, kctx, k, kind, target);  /* yields: never returns */
     return;
   }
+  for (int i = 0; i < b->n; i++)
+    if (needs_own_poll(b, i)) {
+      b->hopeless = WEFT_DEADLOCK_MSG ": this thread runs the cooperative "
+                    "pool it would wait for (its jobs run only in weft.poll); "
+                    "use future:on_done, or poll";
+      return;  /* the caller's loop resets and reports it */
+    }
   weft_park_block(&b->park);
 }

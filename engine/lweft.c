@@ -133,6 +133,7 @@ int luaopen_weft_core(lua_State *L) {
   weft_open_pool(L);
   weft_open_chan(L);
   weft_open_exec(L);
+  weft_open_host(L);
   weft_open_signals(L);
   weft_open_progress(L);
   return 1;

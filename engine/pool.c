@@ -17,10 +17,13 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,6 +33,8 @@
 #include "runtime.h"
 
 typedef struct worker worker;
+
+#define LAT_BUCKETS 160  /* 4 per octave from 1 microsecond: 40 octaves */
 
 struct weft_job {
   weft_pool *pool;
@@ -54,6 +59,9 @@ struct weft_job {
   bool deadlocked;         /* set under p->mu before the wake */
   atomic_bool killed;      /* pool:close(timeout) gave up waiting */
   bool shielded;           /* worker thread: finishing, hard cancel off */
+  bool preempted;          /* worker thread: suspended at a poll's end */
+  double submitted_at;     /* weft_now() */
+  unsigned long long id;   /* p->mu at submit */
 };
 
 struct worker {
@@ -73,6 +81,10 @@ struct worker {
   char warning[256];             /* the worker thread's: a warning so far */
   size_t warning_len;
   bool warnings_off;
+  size_t mem;                    /* the state's bytes (its thread only) */
+  atomic_size_t mem_seen;        /* mem, for other threads */
+  atomic_bool preempt;           /* cooperative: the poll's time is up */
+  weft_timer_entry preempt_at;   /* cooperative: fires at a poll's end */
 };
 
 struct weft_pool {
@@ -102,6 +114,15 @@ struct weft_pool {
   unsigned gen;
   long deadlocks;
   char deadlock_msg[512];
+  bool coop;                 /* cooperative: one worker, no thread */
+  atomic_bool polling;       /* cooperative: a thread runs it now */
+  pthread_t host;            /* cooperative: the thread that polls it */
+  size_t memory_limit;
+  weft_pool *rt_prev, *rt_next;  /* rt->mu: rt's live pools */
+  unsigned long long next_id;
+  uint64_t latency[LAT_BUCKETS];  /* submit to finish, log buckets */
+  double latency_max;
+  long latency_n;
 };
 
 static const char worker_key = 0;    /* worker registry: the worker */
@@ -197,14 +218,22 @@ static bool defer_new_job(weft_pool *p, worker *w) {
 static _Thread_local worker *tls_worker;  /* a worker thread's own */
 
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || j->co != L) return;
   if (atomic_load(&j->killed)) luaL_error(L, "%s", WEFT_KILLED_MSG);
-  if (j->shielded) return;
-  int err = weft_ctx_err(j->ctx);
+  int err = j->shielded || !j->pool->hard_cancel ? WEFT_LIVE
+                                                 : weft_ctx_err(j->ctx);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
+  /* A cooperative poll's time is up: suspend the job where a hook may
+     yield (else at a later instruction: the hook stays until then). */
+  if (atomic_load(&w->preempt) && ar->event == LUA_HOOKCOUNT &&
+      lua_isyieldable(L)) {
+    atomic_store(&w->preempt, false);
+    lua_sethook(L, NULL, 0, 0);
+    j->preempted = true;
+    lua_yield(L, 0);
+  }
 }
 
 /* At its next instruction, and at the next return (a parked job resumed
@@ -218,7 +247,8 @@ static void on_cancel_signal(int sig) {
   (void)sig;
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
-  if (j != NULL && (weft_ctx_err(j->ctx) != WEFT_LIVE || atomic_load(&j->killed)))
+  if (j != NULL && (weft_ctx_err(j->ctx) != WEFT_LIVE ||
+                   atomic_load(&j->killed) || atomic_load(&w->preempt)))
     arm_hook(j->co);
 }
 
@@ -290,6 +320,7 @@ void weft_job_wake(weft_job *j) {
     j->wake_pending = true;  /* it has not parked yet: do not let it */
   }
   pthread_mutex_unlock(&w->mu);
+  if (j->pool->coop) weft_runtime_wakeup(j->pool->rt);  /* poll again */
 }
 
 void weft_job_shield(weft_job *j) { j->shielded = true; }
@@ -437,12 +468,44 @@ static void job_free(weft_job *j) {
 
 enum { OUT_COMPLETED, OUT_FAILED, OUT_PANICKED, OUT_CANCELED };
 
+/* Latency buckets: 4 per octave of microseconds (within 19%). */
+static int latency_bucket(double seconds) {
+  double us = seconds * 1e6;
+  if (!(us >= 1)) return 0;
+  int e;
+  double m = frexp(us, &e);  /* us = m * 2^e, 0.5 <= m < 1 */
+  int b = 1 + (e - 1) * 4 + (int)((m - 0.5) * 8);
+  return b < LAT_BUCKETS ? b : LAT_BUCKETS - 1;
+}
+
+/* The upper bound of bucket b, in seconds. */
+static double latency_upper(int b) {
+  if (b == 0) return 1e-6;
+  int e = (b - 1) / 4 + 1, sub = (b - 1) % 4;
+  return ldexp(0.5 + (sub + 1) / 8.0, e) * 1e-6;
+}
+
+/* The q-quantile (0 < q <= 1) of the latencies; p->mu held. */
+static double latency_quantile(weft_pool *p, double q) {
+  if (p->latency_n == 0) return 0;
+  uint64_t rank = (uint64_t)ceil(q * (double)p->latency_n), seen = 0;
+  for (int b = 0; b < LAT_BUCKETS; b++) {
+    seen += p->latency[b];
+    if (seen >= rank) {
+      double up = latency_upper(b);
+      return up < p->latency_max ? up : p->latency_max;
+    }
+  }
+  return p->latency_max;
+}
+
 /* Resolves the job's future, drops its coroutine, gives its slot back. */
 static void finish(worker *w, weft_job *j, int outcome, int state,
                    weft_buf *result) {
   weft_pool *p = w->pool;
   if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
   if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
+  double latency = weft_now() - j->submitted_at;
   /* Counted and slot freed under p->mu, then the future resolved with no
      lock held (its wake-up is a syscall: under p->mu it made the woken
      thread and the workers convoy on p->mu), then the blocked submits and
@@ -456,6 +519,9 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     case OUT_PANICKED: p->panicked++; break;
     default: p->canceled++;
   }
+  p->latency[latency_bucket(latency)]++;
+  p->latency_n++;
+  if (latency > p->latency_max) p->latency_max = latency;
   p->inflight--;
   if (j->started) {
     if (j->act_prev != NULL)
@@ -566,6 +632,13 @@ static weft_buf *error_buf(lua_State *L) {
   return b;
 }
 
+/* Under lua_pcall: 1 = the limit, as text. */
+static int limit_msg_k(lua_State *L) {
+  lua_pushfstring(L, "not enough memory (limit %s)",
+                  (const char *)lua_touserdata(L, 1));
+  return 1;
+}
+
 static void panicked_job(worker *w, weft_job *j, int status) {
   lua_State *L = w->L, *co = j->co;
   weft_pool *p = w->pool;
@@ -580,6 +653,21 @@ static void panicked_job(worker *w, weft_job *j, int status) {
     lua_pushliteral(L, "");
   }
   int msg = top + 1, tb = top + 2;
+  if (status == LUA_ERRMEM && p->memory_limit > 0) {
+    lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
+    char limit[32];
+    size_t m = p->memory_limit;
+    if (m % (1 << 20) == 0)
+      snprintf(limit, sizeof limit, "%zu MB", m >> 20);
+    else if (m % 1024 == 0)
+      snprintf(limit, sizeof limit, "%zu KB", m >> 10);
+    else
+      snprintf(limit, sizeof limit, "%zu bytes", m);
+    lua_pushcfunction(L, limit_msg_k);
+    lua_pushlightuserdata(L, limit);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_replace(L, msg);
+    else lua_pop(L, 1);  /* keep "not enough memory" */
+  }
   /* Close the coroutine's pending to-be-closed variables; as in a pcall,
      an error raised by one of them replaces the job's error (the
      traceback stays that of the first). */
@@ -615,6 +703,10 @@ static void panicked_job(worker *w, weft_job *j, int status) {
                lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
       lua_pop(L, 1);
     }
+  } else if (p->rt->cfg.panic != NULL) {
+    lua_pop(L, 1);
+    p->rt->cfg.panic(p->rt->cfg.panic_ud, p->name, lua_tostring(L, msg),
+                     lua_tostring(L, tb));
   } else {
     lua_pop(L, 1);
     weft_log(p->rt, "weft pool '%s': job panicked: %s\n%s", p->name,
@@ -662,16 +754,32 @@ static void run(worker *w, weft_job *j, bool start) {
     pthread_mutex_unlock(&p->mu);
   }
   int nres = 0;
-  j->parking = false;
+  j->parking = j->preempted = false;
+  weft_job_event ev = {WEFT_JOB_BEGIN, p->name, w->index + 1, j->id, 0};
+  weft_job_fn hook = p->rt->cfg.job_hook;
+  if (hook != NULL) hook(p->rt->cfg.job_hook_ud, &ev);
   atomic_store(&w->current, j);
   atomic_thread_fence(memory_order_seq_cst);
-  if (p->hard_cancel &&
-      (weft_ctx_err(j->ctx) != WEFT_LIVE || atomic_load(&j->killed)))
+  if ((p->hard_cancel &&
+       (weft_ctx_err(j->ctx) != WEFT_LIVE || atomic_load(&j->killed))) ||
+      atomic_load(&w->preempt))
     arm_hook(j->co);
   atomic_fetch_add(&p->running, 1);
   int status = lua_resume(j->co, L, nargs, &nres);
   atomic_fetch_sub(&p->running, 1);
   atomic_store(&w->current, NULL);
+  if (hook != NULL) {
+    ev.what = WEFT_JOB_END;
+    ev.finished = status != LUA_YIELD || !(j->parking || j->preempted);
+    hook(p->rt->cfg.job_hook_ud, &ev);
+  }
+  if (status == LUA_YIELD && j->preempted) {  /* the rest in a later poll */
+    pthread_mutex_lock(&w->mu);
+    j->ready = true;
+    push(&w->ready, &w->ready_tail, j);
+    pthread_mutex_unlock(&w->mu);
+    return;
+  }
   if (status == LUA_YIELD && j->parking) {
     if (j->want_kind != WEFT_WAIT_OTHER) {
       pthread_mutex_lock(&p->mu);
@@ -747,16 +855,25 @@ static int setup_k(lua_State *L) {
   lua_pushcfunction(L, no_exit);
   lua_setfield(L, -2, "exit");
   lua_getglobal(L, "package");
-  lua_pushlstring(L, p->path, p->path_len);
-  lua_setfield(L, -2, "path");
-  lua_pushlstring(L, p->cpath, p->cpath_len);
-  lua_setfield(L, -2, "cpath");
+  if (p->path != NULL) {
+    lua_pushlstring(L, p->path, p->path_len);
+    lua_setfield(L, -2, "path");
+  }
+  if (p->cpath != NULL) {
+    lua_pushlstring(L, p->cpath, p->cpath_len);
+    lua_setfield(L, -2, "cpath");
+  }
   lua_settop(L, 1);
   lua_pushlightuserdata(L, w);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "weft");
   lua_call(L, 1, 0);
+  weft_runtime *rt = p->rt;
+  if (rt->cfg.init_state != NULL) {
+    rt->cfg.init_state(L, rt->cfg.init_state_ud);
+    lua_settop(L, 1);
+  }
   if (p->on_panic != NULL) {
     weft_buf_decode(L, p->on_panic);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &on_panic_key);
@@ -773,9 +890,28 @@ static int setup_k(lua_State *L) {
   return 0;
 }
 
+/*
+** A worker state's allocator: the runtime's, counted, and held to the
+** pool's memory limit (Lua collects and tries once more before it raises
+** a memory error).  Only the worker's own thread allocates in its state.
+*/
+static void *worker_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  worker *w = ud;
+  weft_runtime *rt = w->pool->rt;
+  size_t old = ptr != NULL ? osize : 0;
+  size_t limit = w->pool->memory_limit;
+  if (nsize > old && limit > 0 && w->mem - old + nsize > limit) return NULL;
+  void *q = rt->alloc(rt->alloc_ud, ptr, osize, nsize);
+  if (q != NULL || nsize == 0) {
+    w->mem = w->mem - old + nsize;
+    atomic_store_explicit(&w->mem_seen, w->mem, memory_order_relaxed);
+  }
+  return q;
+}
+
 static bool worker_open(worker *w, char *err, size_t errlen) {
   weft_runtime *rt = w->pool->rt;
-  lua_State *L = lua_newstate(rt->alloc, rt->alloc_ud);
+  lua_State *L = lua_newstate(worker_alloc, w);
   if (L == NULL) {
     snprintf(err, errlen, "not enough memory");
     return false;
@@ -798,9 +934,41 @@ static bool worker_open(worker *w, char *err, size_t errlen) {
   return true;
 }
 
+/*
+** Runs one job slice: a woken job, else a new one (unless it is left to
+** an idle worker).  Returns false when there was none: then p->mu is held
+** (the caller decides whether to sleep or stop).
+*/
+static bool step(worker *w) {
+  weft_pool *p = w->pool;
+  pthread_mutex_lock(&w->mu);
+  weft_job *j = pop(&w->ready, &w->ready_tail);
+  if (j != NULL) j->ready = false;
+  pthread_mutex_unlock(&w->mu);
+  if (j != NULL) {
+    run(w, j, false);
+    return true;
+  }
+  pthread_mutex_lock(&p->mu);
+  j = p->newq != NULL && defer_new_job(p, w) ? NULL
+                                             : pop(&p->newq, &p->newq_tail);
+  if (j == NULL) return false;
+  j->started = true;
+  j->act_prev = NULL;
+  j->act_next = p->active;
+  if (p->active != NULL) p->active->act_prev = j;
+  p->active = j;
+  p->nactive++;
+  pthread_mutex_unlock(&p->mu);
+  run(w, j, true);
+  lua_gc(w->L, LUA_GCSTEP, 0);  /* no creep from job to job */
+  return true;
+}
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   weft_pool *p = w->pool;
+  weft_config *cfg = &p->rt->cfg;
   tls_worker = w;
   if (p->hard_cancel) {
     sigset_t set;
@@ -808,6 +976,8 @@ static void *worker_main(void *arg) {
     sigaddset(&set, CANCEL_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
   }
+  if (cfg->thread_start != NULL)
+    cfg->thread_start(cfg->thread_ud, p->name, w->index + 1);
   char err[200];
   bool ok = worker_open(w, err, sizeof err);
   pthread_mutex_lock(&p->mu);
@@ -817,31 +987,8 @@ static void *worker_main(void *arg) {
   p->nstarted++;
   pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
-  if (!ok) return NULL;
-  for (;;) {
-    pthread_mutex_lock(&w->mu);
-    weft_job *j = pop(&w->ready, &w->ready_tail);
-    if (j != NULL) j->ready = false;
-    pthread_mutex_unlock(&w->mu);
-    if (j != NULL) {
-      run(w, j, false);
-      continue;
-    }
-    pthread_mutex_lock(&p->mu);
-    j = p->newq != NULL && defer_new_job(p, w) ? NULL
-                                                : pop(&p->newq, &p->newq_tail);
-    if (j != NULL) {
-      j->started = true;
-      j->act_prev = NULL;
-      j->act_next = p->active;
-      if (p->active != NULL) p->active->act_prev = j;
-      p->active = j;
-      p->nactive++;
-      pthread_mutex_unlock(&p->mu);
-      run(w, j, true);
-      lua_gc(w->L, LUA_GCSTEP, 0);  /* no creep from job to job */
-      continue;
-    }
+  while (ok) {
+    if (step(w)) continue;  /* else p->mu is held */
     if (p->stopping) {
       pthread_mutex_unlock(&p->mu);
       break;
@@ -858,9 +1005,63 @@ static void *worker_main(void *arg) {
     w->kicked = false;
     pthread_mutex_unlock(&w->mu);
   }
-  lua_close(w->L);
+  if (ok) lua_close(w->L);
   w->L = NULL;
+  if (cfg->thread_stop != NULL)
+    cfg->thread_stop(cfg->thread_ud, p->name, w->index + 1);
   return NULL;
+}
+
+/* ---------------------------------------------------------------------- */
+/* cooperative pools: one worker without a thread, run by weft_pool_poll */
+
+static bool preempt_claim(weft_timer_entry *e) {
+  (void)e;
+  return true;  /* the entry lives as long as its pool */
+}
+
+/* The poll's deadline: suspend the running job (as hard cancel does). */
+static void preempt_fire(weft_timer_entry *e) {
+  worker *w = (worker *)((char *)e - offsetof(worker, preempt_at));
+  atomic_store(&w->preempt, true);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load(&w->current) != NULL) pthread_kill(w->thread, CANCEL_SIGNAL);
+}
+
+bool weft_pool_cooperative(weft_pool *p) { return p->coop; }
+
+bool weft_pool_is_host_thread(weft_pool *p) {
+  return p->coop && pthread_equal(p->host, pthread_self());
+}
+
+int weft_pool_poll(weft_pool *p, double deadline) {
+  if (!p->coop || atomic_exchange(&p->polling, true)) return 0;
+  worker *w = &p->workers[0];
+  worker *outer = tls_worker;
+  p->host = w->thread = pthread_self();
+  tls_worker = w;
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, CANCEL_SIGNAL);
+  pthread_sigmask(SIG_UNBLOCK, &set, &old);
+  atomic_store(&w->preempt, false);
+  w->preempt_at.claim = preempt_claim;
+  w->preempt_at.fire = preempt_fire;
+  bool timed = weft_timer_add(&p->rt->timer, &w->preempt_at, deadline) == 0;
+  int n = 0;
+  while (weft_now() < deadline || (!timed && n == 0)) {
+    if (!step(w)) {
+      pthread_mutex_unlock(&p->mu);
+      break;
+    }
+    n++;
+  }
+  if (timed) weft_timer_remove(&p->rt->timer, &w->preempt_at);
+  atomic_store(&w->preempt, false);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  tls_worker = outer;
+  atomic_store(&p->polling, false);
+  return n;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -870,22 +1071,35 @@ static void pool_destroy(weft_object *o);
 
 const weft_class weft_pool_class = {"weft.pool", pool_destroy};
 
-static char *dup_string(weft_runtime *rt, const char *s, size_t *len) {
-  *len = strlen(s ? s : "");
+/* A copy of s (NULL stays NULL; *failed set when memory ran out). */
+static char *dup_string(weft_runtime *rt, const char *s, size_t *len,
+                        bool *failed) {
+  if (s == NULL) return NULL;
+  *len = strlen(s);
   char *d = weft_alloc(rt, *len + 1);
-  if (d != NULL) memcpy(d, s ? s : "", *len + 1);
+  if (d != NULL)
+    memcpy(d, s, *len + 1);
+  else
+    *failed = true;
   return d;
 }
 
 static void pool_free(weft_pool *p) {
   weft_runtime *rt = p->rt;
+  pthread_mutex_lock(&rt->mu);
+  if (p->rt_prev != NULL)
+    p->rt_prev->rt_next = p->rt_next;
+  else if (rt->pools == p)
+    rt->pools = p->rt_next;
+  if (p->rt_next != NULL) p->rt_next->rt_prev = p->rt_prev;
+  pthread_mutex_unlock(&rt->mu);
   for (int i = 0; i < p->nworkers; i++) {
     pthread_cond_destroy(&p->workers[i].cv);
     pthread_mutex_destroy(&p->workers[i].mu);
   }
   weft_free(rt, p->workers, (size_t)p->nworkers * sizeof *p->workers);
-  weft_free(rt, p->path, p->path_len + 1);
-  weft_free(rt, p->cpath, p->cpath_len + 1);
+  if (p->path != NULL) weft_free(rt, p->path, p->path_len + 1);
+  if (p->cpath != NULL) weft_free(rt, p->cpath, p->cpath_len + 1);
   weft_buf_release(p->init);
   weft_buf_release(p->on_panic);
   pthread_cond_destroy(&p->cv);
@@ -917,23 +1131,47 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   atomic_init(&p->parked, 0);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
-  p->path = dup_string(rt, cfg->path, &p->path_len);
-  p->cpath = dup_string(rt, cfg->cpath, &p->cpath_len);
-  p->workers = weft_alloc(rt, (size_t)cfg->workers * sizeof *p->workers);
-  if (p->path == NULL || p->cpath == NULL || p->workers == NULL) {
+  p->coop = cfg->cooperative;
+  p->memory_limit = cfg->memory_limit;
+  atomic_init(&p->polling, false);
+  p->host = pthread_self();
+  pthread_mutex_lock(&rt->mu);  /* listed for weft_runtime_close */
+  p->rt_next = rt->pools;
+  if (rt->pools != NULL) rt->pools->rt_prev = p;
+  rt->pools = p;
+  pthread_mutex_unlock(&rt->mu);
+  bool nomem = false;
+  p->path = dup_string(rt, cfg->path, &p->path_len, &nomem);
+  p->cpath = dup_string(rt, cfg->cpath, &p->cpath_len, &nomem);
+  int nworkers = p->coop ? 1 : cfg->workers;
+  p->workers = weft_alloc(rt, (size_t)nworkers * sizeof *p->workers);
+  if (nomem || p->workers == NULL) {
     pool_free(p);
     snprintf(err, errlen, "not enough memory");
     return NULL;
   }
-  memset(p->workers, 0, (size_t)cfg->workers * sizeof *p->workers);
-  p->nworkers = cfg->workers;
+  memset(p->workers, 0, (size_t)nworkers * sizeof *p->workers);
+  p->nworkers = nworkers;
   int started = 0;
   for (int i = 0; i < p->nworkers; i++) {
     worker *w = &p->workers[i];
     w->pool = p;
     w->index = i;
+    atomic_init(&w->mem_seen, 0);
+    atomic_init(&w->preempt, false);
+    w->preempt_at.index = SIZE_MAX;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
+  }
+  if (p->coop) {  /* its state is made here; jobs run in weft_pool_poll */
+    worker *w = &p->workers[0];
+    w->thread = p->host;
+    if (!worker_open(w, p->start_err, sizeof p->start_err)) {
+      snprintf(err, errlen, "%s", p->start_err);
+      pool_free(p);
+      return NULL;
+    }
+    return p;
   }
   /* workers never take signals meant for the host's threads */
   sigset_t all, old;
@@ -982,9 +1220,11 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   j->call = call;
   j->ctx = ctx;
   j->future = f;
+  j->submitted_at = weft_now();
   weft_future_bind(f, p, j);
   int r = WEFT_SUBMIT_OK;
   pthread_mutex_lock(&p->mu);
+  j->id = ++p->next_id;
   if (p->shutdown) {
     r = WEFT_SUBMIT_CLOSED;
   } else if (p->inflight < p->limit) {
@@ -1009,6 +1249,7 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
     weft_future_release(f);
     return r;
   }
+  if (p->coop) weft_runtime_wakeup(rt);  /* a poll has work */
   *out = f;
   return r;
 }
@@ -1059,6 +1300,10 @@ void weft_pool_join(weft_pool *p) {
   p->stopping = true;
   while (p->idle != NULL) kick_idle(p);
   pthread_mutex_unlock(&p->mu);
+  if (p->coop && p->workers[0].L != NULL) {  /* no thread: close it here */
+    lua_close(p->workers[0].L);
+    p->workers[0].L = NULL;
+  }
   for (int i = 0; i < p->nworkers; i++) {
     worker *w = &p->workers[i];
     if (!w->started) continue;
@@ -1091,27 +1336,102 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
   s->queue = p->queue;
   s->inflight = p->inflight;
   s->queued = p->nqueued;
+  s->admitted = p->inflight - p->nactive;
   s->submitted = p->submitted;
   s->completed = p->completed;
   s->failed = p->failed;
   s->panicked = p->panicked;
   s->canceled = p->canceled;
+  s->latency[0] = latency_quantile(p, 0.50);
+  s->latency[1] = latency_quantile(p, 0.90);
+  s->latency[2] = latency_quantile(p, 0.99);
+  s->latency[3] = p->latency_max;
   pthread_mutex_unlock(&p->mu);
   s->running = atomic_load(&p->running);
   s->parked = atomic_load(&p->parked);
 }
 
-/* Blocks the calling thread until p is idle. */
-static void wait_idle(weft_pool *p) {
+size_t weft_pool_memory(weft_pool *p, size_t *out, int n) {
+  size_t total = 0;
+  for (int i = 0; i < n; i++) out[i] = 0;
+  for (int i = 0; i < p->nworkers; i++) {
+    size_t m = atomic_load_explicit(&p->workers[i].mem_seen,
+                                    memory_order_relaxed);
+    if (i < n) out[i] = m;
+    total += m;
+  }
+  return total;
+}
+
+void weft_pools_stop_all(weft_runtime *rt) {
+  pthread_mutex_lock(&rt->mu);
+  for (weft_pool *p = rt->pools; p != NULL; p = p->rt_next) {
+    weft_pool_shutdown(p);
+    weft_pool_kill(p);
+  }
+  pthread_mutex_unlock(&rt->mu);
+}
+
+static bool pool_busy(weft_pool *p) {
+  pthread_mutex_lock(&p->mu);
+  bool busy = p->inflight > 0 || p->nqueued > 0 || p->resolving > 0;
+  pthread_mutex_unlock(&p->mu);
+  return busy;
+}
+
+/* Blocks the calling thread until p is idle or the deadline (INFINITY:
+   none) passes; whether it is idle. */
+static bool wait_idle_until(weft_pool *p, double deadline) {
   weft_park park;
-  if (weft_park_init_thread(&park) != 0) return;  /* cannot wait: leak */
-  weft_park_waiter pw;
+  if (weft_park_init_thread(&park) != 0) return !pool_busy(p);
+  weft_ctx *timer = weft_ctx_new(p->rt, weft_ctx_background(p->rt), deadline);
+  weft_park_waiter pw, tw;
   weft_park_waiter_init(&pw, &park);
-  while (weft_pool_add_idle_waiter(p, &pw.w)) {
+  weft_park_waiter_init(&tw, &park);
+  bool idle = timer == NULL && !pool_busy(p);  /* out of memory: no wait */
+  while (timer != NULL) {
+    if (!weft_pool_add_idle_waiter(p, &pw.w)) {
+      idle = true;
+      break;
+    }
+    if (!weft_ctx_add_waiter(timer, &tw.w)) {  /* the deadline passed */
+      weft_pool_remove_idle_waiter(p, &pw.w);
+      break;
+    }
     weft_park_block(&park);
     weft_pool_remove_idle_waiter(p, &pw.w);
+    weft_ctx_remove_waiter(timer, &tw.w);
   }
+  if (timer != NULL) weft_ctx_release(timer);
   weft_park_destroy(&park);
+  return idle;
+}
+
+int weft_pool_finish(weft_pool *p, double deadline) {
+  bool idle;
+  if (p->coop) {  /* run what is left (interrupted) on this thread */
+    while ((idle = !pool_busy(p)) == false && weft_now() < deadline)
+      if (weft_pool_poll(p, deadline) == 0) sched_yield();
+  } else {
+    idle = wait_idle_until(p, deadline);
+  }
+  if (idle) {
+    weft_pool_join(p);
+    return 0;
+  }
+  int stuck = 0;
+  for (int i = 0; i < p->nworkers; i++) {
+    if (atomic_load(&p->workers[i].current) == NULL && !p->coop) continue;
+    stuck++;
+    weft_log(p->rt, "weft pool '%s': worker %d did not stop in time (a job "
+             "stuck in C code?); it is left running", p->name, i + 1);
+  }
+  if (stuck == 0) {
+    stuck = 1;
+    weft_log(p->rt, "weft pool '%s': jobs still running at the timeout; "
+             "the pool is left running", p->name);
+  }
+  return stuck;
 }
 
 static void pool_destroy(weft_object *o) {
@@ -1122,7 +1442,10 @@ static void pool_destroy(weft_object *o) {
       return;
     }
     weft_pool_shutdown(p);
-    wait_idle(p);
+    if (p->coop)
+      weft_pool_finish(p, INFINITY);  /* runs its jobs here; joins */
+    else
+      wait_idle_until(p, INFINITY);
     weft_pool_join(p);
   }
   pool_free(p);

@@ -31,11 +31,13 @@ extern const weft_class weft_pool_class;
 typedef struct weft_pool_config {
   int workers, limit, queue;
   bool hard_cancel;
+  bool cooperative;      /* no threads: jobs run in weft_pool_poll */
+  size_t memory_limit;   /* bytes per worker state; 0: none */
   const char *name;      /* copied */
   weft_buf *init;        /* a function, or a module name; may be NULL */
   weft_buf *on_panic;    /* a function; may be NULL (log it) */
-  const char *path;      /* package.path and cpath for the workers */
-  const char *cpath;
+  const char *path;      /* package.path and cpath for the workers; */
+  const char *cpath;     /* NULL: Lua's defaults */
 } weft_pool_config;
 
 /*
@@ -82,10 +84,39 @@ const char *weft_pool_name(weft_pool *p);
 
 typedef struct weft_pool_stats {
   long workers, limit, queue, running, parked, queued, inflight;
+  long admitted;       /* admitted, not started */
   long submitted, completed, failed, panicked, canceled;
+  double latency[4];   /* submit to finish: p50, p90, p99, max (seconds) */
 } weft_pool_stats;
 
 void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s);
+
+/* Lua bytes of each worker state into out[0 .. n-1] (the rest zeroed);
+   returns the total over all of them.  Any thread. */
+size_t weft_pool_memory(weft_pool *p, size_t *out, int n);
+
+/*
+** Cooperative pools: runs jobs on the calling thread until none is ready
+** or the deadline (weft_now() clock) passes, suspending a running job at
+** the deadline where Lua allows.  Returns how many job slices ran; 0 when
+** p is not cooperative or another thread is polling it.
+*/
+int weft_pool_poll(weft_pool *p, double deadline);
+bool weft_pool_cooperative(weft_pool *p);
+/* True when the calling thread is the one that polls cooperative p (a
+   thread wait there on p's work could never end). */
+bool weft_pool_is_host_thread(weft_pool *p);
+
+/* weft_runtime_close: stops admission to every pool of rt and interrupts
+   every started job.  Any thread. */
+void weft_pools_stop_all(weft_runtime *rt);
+/*
+** weft_runtime_close: waits until deadline for p to be idle (running a
+** cooperative pool meanwhile), then joins its workers.  Returns 0, or the
+** number of workers that did not stop (each logged; p is then not joined
+** and must never be freed).  Not from a worker of p.
+*/
+int weft_pool_finish(weft_pool *p, double deadline);
 
 /* The pool whose worker owns state L (any coroutine of it), else NULL. */
 weft_pool *weft_pool_of_state(lua_State *L);

@@ -6,7 +6,9 @@
 #ifndef WEFT_RUNTIME_H
 #define WEFT_RUNTIME_H
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -16,15 +18,36 @@
 #include "weft.h"
 
 struct weft_ctx;
+struct weft_pool;
+struct weft_hostreq;
+
+#define WEFT_MAX_TYPES 32
+
+typedef struct weft_udtype {
+  char name[64];
+  weft_copy_out_fn copy_out;
+  weft_copy_in_fn copy_in;
+  void *ud;
+} weft_udtype;
 
 struct weft_runtime {
   atomic_long refs;          /* host, bound states, live objects */
   lua_Alloc alloc;
   void *alloc_ud;
-  weft_log_fn log;
-  void *log_ud;
+  weft_config cfg;           /* the host's hooks (paths and name cleared) */
   weft_timer timer;          /* deadlines; its thread starts on first use */
   struct weft_ctx *background;
+  struct weft_ctx *root;     /* weft_submit's jobs' (made on first use,
+                                on the host thread); close cancels it */
+  struct weft_pool *pool;    /* the runtime pool (a host's), or NULL */
+  atomic_bool hosted;        /* made by a host, or polled: on_host works */
+  pthread_mutex_t mu;        /* guards what follows */
+  struct weft_pool *pools;   /* live pools, for close */
+  struct weft_hostreq *reqs, *reqs_tail;  /* weft.on_host calls */
+  bool closing;
+  atomic_long pending;       /* completions queued for a poll */
+  weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
+  atomic_int ntypes;
 };
 
 /* Engine allocations through the runtime's allocator; NULL on failure. */
@@ -38,12 +61,25 @@ void weft_runtime_release(weft_runtime *rt);
 /* The runtime L is bound to; raises if weft.core was not opened in L. */
 weft_runtime *weft_runtime_of(lua_State *L);
 
-/* Binds L to a runtime of its own unless a host bound one; raises on
-   failure.  Used by luaopen_weft_core. */
+/* Binds L to a runtime of its own (no runtime pool) unless a host bound
+   one; raises on failure.  Used by luaopen_weft_core. */
 void weft_runtime_ensure(lua_State *L);
+
+/* Whether rt is shutting down (weft_runtime_close began).  Any thread. */
+bool weft_runtime_closing(weft_runtime *rt);
 
 /* One log line through the runtime's sink.  Any thread; no Lua calls. */
 void weft_log(weft_runtime *rt, const char *fmt, ...);
+
+/* Tells the host that a poll has work (the config's wakeup).  Any thread. */
+void weft_runtime_wakeup(weft_runtime *rt);
+
+/* The registered host type of the userdata at idx, or -1.  L's thread. */
+int weft_runtime_udtype(weft_runtime *rt, lua_State *L, int idx);
+
+/* The completion inbox of L's binding (host.c owns it); NULL slot when
+   none yet.  Raises when L has no runtime. */
+void **weft_runtime_inbox(lua_State *L);
 
 /* Monotonic clock, in seconds (weft.now()). */
 double weft_now(void);

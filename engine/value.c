@@ -42,7 +42,7 @@
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_END, T_REF,
-  T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_HANDLE, T_MODULE
+  T_LFUNC, T_UPJOIN, T_CFUNC, T_GLOBALS, T_HANDLE, T_MODULE, T_UDATA
 };
 
 struct weft_buf {
@@ -240,14 +240,19 @@ static void put_bytes(enc *e, const void *p, size_t n) {
   if (n > 0) memcpy(reserve(e, n), p, n);
 }
 
-static void put_varint(enc *e, uint64_t v) {
-  unsigned char tmp[10];
-  int n = 0;
+/* v in 7-bit groups, low first; returns the byte count (at most 10). */
+static size_t varint(unsigned char *out, uint64_t v) {
+  size_t n = 0;
   do {
-    tmp[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    out[n++] = (unsigned char)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
     v >>= 7;
   } while (v != 0);
-  put_bytes(e, tmp, (size_t)n);
+  return n;
+}
+
+static void put_varint(enc *e, uint64_t v) {
+  unsigned char tmp[10];
+  put_bytes(e, tmp, varint(tmp, v));
 }
 
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
@@ -466,6 +471,36 @@ static void load_index(enc *e, bool rebuild) {
   lua_replace(L, e->cfuncs);
 }
 
+/* A host userdata (weft_register_type): T_UDATA type len(4) bytes. */
+static void encode_udata(enc *e, int v) {
+  lua_State *L = e->L;
+  weft_runtime *rt = e->b->rt;
+  int t = weft_runtime_udtype(rt, L, v);
+  if (t < 0) return (void)refuse(e, v, NULL);
+  const weft_udtype *ty = &rt->types[t];
+  put_byte(e, T_UDATA);
+  put_varint(e, (uint64_t)t);
+  size_t at = e->b->len, cap = 64;
+  reserve(e, 4);
+  for (int tries = 0;; tries++) {
+    size_t start = e->b->len;
+    unsigned char *dst = reserve(e, cap);
+    int top = lua_gettop(L);
+    size_t n = ty->copy_out(L, v, dst, cap, ty->ud);
+    lua_settop(L, top);
+    if (n > UINT32_MAX) luaL_error(L, "%s: copy_out result too large", ty->name);
+    e->b->len = start + (n <= cap ? n : 0);
+    if (n <= cap) {
+      uint32_t n32 = (uint32_t)n;
+      memcpy(e->b->data + at, &n32, 4);
+      return;
+    }
+    if (tries > 0)
+      luaL_error(L, "%s: copy_out asked for more room twice", ty->name);
+    cap = n;
+  }
+}
+
 /* The name of v (a C function or a table) in the index: pushes it, or
    returns false.  A C function missing from the index rebuilds it once. */
 static bool loaded_name(enc *e, int v) {
@@ -564,7 +599,10 @@ static void encode_value(enc *e, int v) {
     }
     case LUA_TUSERDATA: {
       weft_object *o = weft_to_object(L, v);
-      if (o == NULL) return (void)refuse(e, v, NULL);
+      if (o == NULL) {
+        encode_udata(e, v);
+        break;
+      }
       weft_buf *b = e->b;
       if (b->nhandles == b->hcap)
         b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
@@ -760,6 +798,20 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   return e.b;
 }
 
+weft_buf *weft_buf_new_string(weft_runtime *rt, const char *str) {
+  size_t len = strlen(str);
+  unsigned char tmp[10];
+  size_t n = varint(tmp, len);
+  weft_buf *b = buf_new(rt, 1 + n + len);
+  if (b == NULL) return NULL;
+  b->count = 1;
+  b->data[0] = T_STR;
+  memcpy(b->data + 1, tmp, n);
+  memcpy(b->data + 1 + n, str, len);
+  b->len = 1 + n + len;
+  return b;
+}
+
 /* ---------------------------------------------------------------------- */
 /* decoder */
 
@@ -883,6 +935,23 @@ static int require_k(lua_State *L) {
 }
 
 /* A module, by name: the receiver's package.loaded[name], else require. */
+static void decode_udata(dec *d) {
+  lua_State *L = d->L;
+  weft_runtime *rt = d->b->rt;
+  uint64_t t = get_varint(d);
+  uint32_t n;
+  memcpy(&n, d->b->data + d->pos, 4);
+  d->pos += 4;
+  if (t >= (uint64_t)atomic_load_explicit(&rt->ntypes, memory_order_acquire))
+    luaL_error(L, "weft: corrupt value buffer (host type %d)", (int)t);
+  const weft_udtype *ty = &rt->types[t];
+  int top = lua_gettop(L);
+  ty->copy_in(L, d->b->data + d->pos, n, ty->ud);
+  if (lua_gettop(L) != top + 1)
+    luaL_error(L, "%s: copy_in must push exactly one value", ty->name);
+  d->pos += n;
+}
+
 static void push_module(dec *d) {
   lua_State *L = d->L;
   size_t len = (size_t)get_varint(d);
@@ -1009,6 +1078,7 @@ static void decode_value(dec *d) {
     case T_HANDLE:
       weft_push_object(L, d->b->handles[get_varint(d)]);
       break;
+    case T_UDATA: decode_udata(d); break;
     default:
       luaL_error(L, "weft: corrupt value buffer (tag %d)", tag);
   }

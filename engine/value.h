@@ -49,6 +49,10 @@ int weft_buf_decode_release(lua_State *L, weft_buf *b);
 lua_Integer weft_buf_decode_array_into(lua_State *L, const weft_buf *b,
                                        int t, lua_Integer offset);
 
+/* A buffer holding one string, made without a Lua state; NULL when out
+   of memory.  Any thread. */
+weft_buf *weft_buf_new_string(weft_runtime *rt, const char *s);
+
 int weft_buf_count(const weft_buf *b);
 void weft_buf_retain(weft_buf *b);
 void weft_buf_release(weft_buf *b);  /* NULL is allowed */

@@ -35,6 +35,14 @@ function weft.root()
   return core.background()
 end
 
+--- weft.on_host(fn, ...): from a job, asks the host thread to run
+-- fn(...) (in its next weft_runtime_poll or weft.poll; fn and the values
+-- are copied) and waits for it, parked: returns true and fn's results, or
+-- false and the error (with its traceback).  The host never waits for it.
+function weft.on_host(fn, ...)
+  return core._host_call(fn, ...):wait()
+end
+
 --- weft.exec(ctx, cmd, opts): cmd may also be a command template (a
 -- string, see weft.template): expanded with opts.item and opts.index into
 -- an argv, never run by a shell (unless opts.shell).  Without opts.item, a

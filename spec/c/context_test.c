@@ -378,6 +378,7 @@ static void *failing_alloc(void *ud, void *p, size_t osize, size_t nsize) {
 
 static void test_failures(void) {
   weft_config cfg = {0};
+  cfg.workers = -1; /* no runtime pool */
   char err[128];
   cfg.alloc = failing_alloc;
   weft_runtime *rt = weft_runtime_new(&cfg, err, sizeof err);
@@ -407,7 +408,7 @@ static void test_failures(void) {
      "the timer works after a failed add");
   weft_ctx_release(c);
   weft_runtime_retain(rt);
-  weft_runtime_close(rt);  /* stops the timer */
+  weft_runtime_close(rt, 0);  /* stops the timer */
   errno = 0;
   c = weft_ctx_new(rt, p, weft_now() + 10);
   ok(c == NULL && errno == ESHUTDOWN && weft_ctx_debug_live(rt) == live0 &&
@@ -424,7 +425,9 @@ static void test_failures(void) {
 
 int main(void) {
   char err[128];
-  weft_runtime *rt = weft_runtime_new(NULL, err, sizeof err);
+  weft_config cfg = {0};
+  cfg.workers = -1; /* no runtime pool */
+  weft_runtime *rt = weft_runtime_new(&cfg, err, sizeof err);
   if (rt == NULL) {
     printf("Bail out! %s\n", err);
     return 1;
@@ -443,7 +446,7 @@ int main(void) {
   ok(weft_ctx_debug_live(rt) == 0, "no context leaked");
   test_failures();
   lua_close(CL);
-  weft_runtime_close(rt);
+  weft_runtime_close(rt, 0);
   printf("1..%d\n", test_no);
   return failures != 0;
 }

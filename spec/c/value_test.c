@@ -153,6 +153,7 @@ static void *decode_thread(void *arg) {
 
 int main(void) {
   weft_config cfg = {0};
+  cfg.workers = -1; /* no runtime pool */
   cfg.alloc = counting_alloc;
   char err[128];
   weft_runtime *rt = weft_runtime_new(&cfg, err, sizeof err);
@@ -285,7 +286,7 @@ int main(void) {
 
   lua_close(a);
   lua_close(b);
-  weft_runtime_close(rt);
+  weft_runtime_close(rt, 0);
   char detail[64];
   snprintf(detail, sizeof detail, "%ld engine bytes still allocated",
            (long)atomic_load(&engine_bytes));
