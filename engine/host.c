@@ -454,10 +454,11 @@ static int submit_k(lua_State *L) {
 
 int weft_submit(weft_runtime *rt, lua_State *L, int nargs) {
   if (nargs < 0 || !lua_checkstack(L, 4)) return WEFT_ERROR;
-  if (rt->pool == NULL || weft_runtime_closing(rt)) {
+  bool closed = weft_runtime_closing(rt);
+  if (closed || rt->pool == NULL) {
     lua_pop(L, nargs + 1);
-    lua_pushstring(L, rt->pool == NULL ? "the runtime has no pool" : "closed");
-    return rt->pool == NULL ? WEFT_ERROR : WEFT_CLOSED;
+    lua_pushstring(L, closed ? "closed" : "the runtime has no pool");
+    return closed ? WEFT_CLOSED : WEFT_ERROR;
   }
   lua_pushcfunction(L, submit_k);
   lua_insert(L, -(nargs + 2));

@@ -42,7 +42,7 @@ struct weft_job {
   weft_ctx *ctx;           /* retained */
   weft_future *future;     /* retained */
   weft_job *next;          /* in one of the queues */
-  worker *w;               /* once started: the worker it lives on */
+  worker *w;               /* set under p->mu as it starts; then fixed */
   lua_State *co;
   int co_ref;
   bool parking;            /* worker thread: the yield is a park */
@@ -653,21 +653,6 @@ static void panicked_job(worker *w, weft_job *j, int status) {
     lua_pushliteral(L, "");
   }
   int msg = top + 1, tb = top + 2;
-  if (status == LUA_ERRMEM && p->memory_limit > 0) {
-    lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
-    char limit[32];
-    size_t m = p->memory_limit;
-    if (m % (1 << 20) == 0)
-      snprintf(limit, sizeof limit, "%zu MB", m >> 20);
-    else if (m % 1024 == 0)
-      snprintf(limit, sizeof limit, "%zu KB", m >> 10);
-    else
-      snprintf(limit, sizeof limit, "%zu bytes", m);
-    lua_pushcfunction(L, limit_msg_k);
-    lua_pushlightuserdata(L, limit);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_replace(L, msg);
-    else lua_pop(L, 1);  /* keep "not enough memory" */
-  }
   /* Close the coroutine's pending to-be-closed variables; as in a pcall,
      an error raised by one of them replaces the job's error (the
      traceback stays that of the first). */
@@ -682,6 +667,21 @@ static void panicked_job(worker *w, weft_job *j, int status) {
       lua_pop(L, 1);
     }
     lua_settop(co, 0);
+  }
+  if (status == LUA_ERRMEM && p->memory_limit > 0) {
+    lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
+    char limit[32];
+    size_t m = p->memory_limit;
+    if (m % (1 << 20) == 0)
+      snprintf(limit, sizeof limit, "%zu MB", m >> 20);
+    else if (m % 1024 == 0)
+      snprintf(limit, sizeof limit, "%zu KB", m >> 10);
+    else
+      snprintf(limit, sizeof limit, "%zu bytes", m);
+    lua_pushcfunction(L, limit_msg_k);
+    lua_pushlightuserdata(L, limit);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_replace(L, msg);
+    else lua_pop(L, 1);  /* keep "not enough memory" */
   }
   if (atomic_load(&j->killed)) {  /* stopped by pool:close(timeout) */
     weft_buf *b = string_buf(L, WEFT_KILLED_MSG);
@@ -733,7 +733,6 @@ static void run(worker *w, weft_job *j, bool start) {
              string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx))));
       return;
     }
-    j->w = w;
     lua_pushcfunction(L, start_k);
     lua_pushlightuserdata(L, j);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK) {  /* could not be set up */
@@ -954,6 +953,7 @@ static bool step(worker *w) {
                                              : pop(&p->newq, &p->newq_tail);
   if (j == NULL) return false;
   j->started = true;
+  j->w = w;  /* under p->mu: weft_pool_kill reads it for active jobs */
   j->act_prev = NULL;
   j->act_next = p->active;
   if (p->active != NULL) p->active->act_prev = j;
