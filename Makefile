@@ -50,6 +50,12 @@ sanitize:
 bench: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
+# the C embedding example (examples/host), run from the repository root
+example: deps
+	@mkdir -p $(BUILD)
+	$(CC) $(WARN) $(CFLAGS) $(LUA_CFLAGS) -Iengine -o $(BUILD)/example-host examples/host/host.c $(SRCS) $(LUA_LIBS) -lm -pthread
+	./$(BUILD)/example-host
+
 demo: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) scripts/hello.lua
 
@@ -72,10 +78,11 @@ help:
 	@echo "                    (builds into build/tsan and build/asan)"
 	@echo "  make bench        run bench/*_bench.lua (BENCH=name runs one file)"
 	@echo "  make demo         run scripts/hello.lua"
+	@echo "  make example      build and run the C embedding example (examples/host)"
 	@echo "  make lint         luacheck lua/ spec/ scripts/ bench/"
 	@echo "  make format-check clang-format check of the C sources (not part of CI)"
 	@echo "  make deps         install what is missing (apt-get, as root)"
 	@echo "  make clean        remove build/"
 	@echo "Environment: WEFT_TEST_TIMEOUT (seconds per spec file, default 600)."
 
-.PHONY: all tsan asan deps test sanitize bench demo lint format-check clean help
+.PHONY: all tsan asan deps test sanitize bench demo example lint format-check clean help

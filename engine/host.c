@@ -273,12 +273,31 @@ void weft_host_fail_requests(weft_runtime *rt) {
 /* ---------------------------------------------------------------------- */
 /* poll */
 
-/* Message handler: the message and a traceback. */
+static int deliver_k(lua_State *L);
+static int serve_k(lua_State *L);
+
+/* Message handler: the message and a traceback of the callback's own
+   frames (those above deliver_k or serve_k, not the host's below them). */
 static int traceback_h(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL)
     msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  int own = 0;  /* levels 1..own are the callback's */
+  lua_Debug ar;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "f", &ar);
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f == deliver_k || f == serve_k) {
+      own = level - 1;
+      break;
+    }
+  }
   luaL_traceback(L, L, msg, 1);
+  const char *tb = lua_tostring(L, -1), *cut = strstr(tb, "stack traceback:");
+  for (int i = 0; cut != NULL && i <= own && own <= 10; i++)
+    cut = strchr(cut + 1, '\n');  /* past the header and `own` levels */
+  if (cut != NULL && own <= 10) lua_pushlstring(L, tb, (size_t)(cut - tb));
   return 1;
 }
 

@@ -68,9 +68,22 @@ static void check_options(lua_State *L) {
       luaL_error(L, "bad argument #1 to 'pool' (unknown option %s)",
                  luaL_tolstring(L, -1, NULL));
   }
-  if (lua_getfield(L, 1, "memory_limit") != LUA_TNIL)
-    luaL_error(L, "bad option 'memory_limit' to 'pool' (not supported yet)");
+}
+
+/* memory_limit: bytes per worker state (an integer >= 1 MB), or nil. */
+static size_t opt_memory(lua_State *L) {
+  int t = lua_getfield(L, 1, "memory_limit");
+  size_t v = 0;
+  if (t != LUA_TNIL) {
+    int isnum;
+    lua_Integer i = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || t != LUA_TNUMBER || i < (1 << 20))
+      luaL_error(L, "bad option 'memory_limit' to 'pool' (an integer number "
+                    "of bytes >= 1048576 expected)");
+    v = (size_t)i;
+  }
   lua_pop(L, 1);
+  return v;
 }
 
 static int l_pool(lua_State *L) {
@@ -96,6 +109,7 @@ static int l_pool(lua_State *L) {
     luaL_error(L, "bad option 'limit' to 'pool' (%d is less than workers, %d)",
                cfg.limit, cfg.workers);
   cfg.queue = opt_int(L, "queue", 0, 0);
+  cfg.memory_limit = opt_memory(L);
   int t = lua_getfield(L, 1, "name");
   if (t != LUA_TNIL && t != LUA_TSTRING)
     luaL_error(L, "bad option 'name' to 'pool' (string expected, got %s)",
@@ -319,7 +333,7 @@ static int p_gc(lua_State *L) {
 static int p_stats(lua_State *L) {
   weft_pool_stats s;
   weft_pool_get_stats(check_pool(L, 1), &s);
-  lua_createtable(L, 0, 12);
+  lua_createtable(L, 0, 16);
 #define FIELD(name)                            \
   lua_pushinteger(L, (lua_Integer)s.name); \
   lua_setfield(L, -2, #name)
@@ -336,6 +350,12 @@ static int p_stats(lua_State *L) {
   FIELD(panicked);
   FIELD(canceled);
 #undef FIELD
+  static const char *const lat[] = {"latency_p50", "latency_p90",
+                                    "latency_p99", "latency_max"};
+  for (int i = 0; i < 4; i++) {
+    lua_pushnumber(L, s.latency[i]);
+    lua_setfield(L, -2, lat[i]);
+  }
   return 1;
 }
 

@@ -191,7 +191,8 @@ typedef struct weft_stats {
   long inflight, parked;
   long submitted, completed, failed, panicked, canceled;
   /* Job latency, submit to completion, in seconds, over the runtime's
-     life (0 before the first job): percentiles 50, 90, 99 and the max. */
+     life (0 before the first job): percentiles 50, 90, 99 (each the upper
+     bound of a log bucket, within 19%) and the exact max. */
   double latency_p50, latency_p90, latency_p99, latency_max;
   size_t memory[WEFT_STATS_WORKERS];  /* Lua bytes of each worker state */
   size_t memory_total;                /* all worker states */

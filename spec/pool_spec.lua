@@ -84,7 +84,7 @@ describe("weft.pool options", function()
     assert.has_error(function() weft.pool { workers = 1, queue = 0.5 } end)
   end)
 
-  it("rejects unknown options, wrong types and memory_limit", function()
+  it("rejects unknown options and wrong types", function()
     assert.has_error(function() weft.pool { workers = 1, bogus = 1 } end,
       "bad argument #1 to 'pool' (unknown option bogus)")
     assert.has_error(function() weft.pool { 1 } end)
@@ -94,7 +94,7 @@ describe("weft.pool options", function()
     assert.has_error(function() weft.pool { workers = 1, on_panic = "x" } end)
     assert.has_error(function() weft.pool { workers = 1, hard_cancel = 1 } end)
     assert.has_error(function() weft.pool { workers = 1, memory_limit = "1MB" } end,
-      "bad option 'memory_limit' to 'pool' (not supported yet)")
+      "bad option 'memory_limit' to 'pool' (an integer number of bytes >= 1048576 expected)")
     assert.has_error(function() weft.pool() end)
     assert.has_error(function() weft.pool(4) end)
   end)
