@@ -380,6 +380,14 @@ static int poll_k(lua_State *L) {
   weft_pool *coop = rt->pool != NULL && weft_pool_cooperative(rt->pool)
                         ? rt->pool : NULL;
   lua_Integer count = 0;
+  if (budget <= 0) {  /* no time bound: only what is ready now */
+    lua_Integer ready = (lua_Integer)atomic_load(&rt->pending);
+    max = max > 0 && max < ready ? max : ready;
+    if (max == 0) {
+      lua_pushinteger(L, 0);
+      return 1;
+    }
+  }
   bool more = true;
   while (more && (max <= 0 || count < max)) {
     more = false;
@@ -396,7 +404,7 @@ static int poll_k(lua_State *L) {
       count++;
       more = true;
     }
-    if (weft_now() >= deadline) break;
+    if (budget > 0 && weft_now() >= deadline) break;
     if (!more && coop != NULL && budget > 0)
       more = weft_pool_poll(coop, deadline) > 0;
   }
@@ -444,6 +452,8 @@ static int submit_k(lua_State *L) {
   weft_runtime *rt = lua_touserdata(L, 1);
   if (weft_runtime_of(L) != rt)
     return luaL_error(L, "weft_submit: the state is bound to another runtime");
+  luaL_requiref(L, "weft.core", luaopen_weft_core, 0);  /* the metatables */
+  lua_pop(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   void **g = weft_guard_buf(L);
   *g = weft_buf_encode(L, 2, lua_gettop(L) - 2, "args", 1);

@@ -139,8 +139,8 @@ enum { WEFT_OK = 0, WEFT_SATURATED, WEFT_CLOSED, WEFT_ERROR };
 ** WEFT_OK; or pushes a message and returns WEFT_SATURATED (the pool is
 ** full: try again next frame), WEFT_CLOSED, or WEFT_ERROR (a value cannot
 ** be copied, or memory ran out).  Never blocks, never runs the job on the
-** calling thread, never raises.  L must be bound to rt (weft_runtime_open
-** and require "weft" done).  The thread that owns L.
+** calling thread, never raises.  L must be bound to rt (weft_runtime_open);
+** weft.core is loaded into it if it was not.  The thread that owns L.
 */
 int weft_submit(weft_runtime *rt, lua_State *L, int nargs);
 
@@ -150,7 +150,8 @@ int weft_submit(weft_runtime *rt, lua_State *L, int nargs);
 ** weft.on_host; in cooperative mode it also runs jobs.  Stops after
 ** max_count callbacks (0: no count limit) or once budget_seconds have
 ** passed, leaving the rest for the next call (a running cooperative job is
-** suspended at the budget where Lua allows).  Errors raised by callbacks
+** suspended at the budget where Lua allows).  With budget_seconds <= 0 it
+** runs no job and delivers at most what was ready when it was called.  Errors raised by callbacks
 ** go to the log.  Returns the number of callbacks run, or -1 when L is not
 ** bound to rt.  The thread that owns L; not from inside a callback.
 */
