@@ -104,8 +104,18 @@ static int l_bind_duration(lua_State *L) {
   return 0;
 }
 
+/* weft._engine_live() -> blocks, bytes: the engine's own allocations alive
+   in this runtime (leak checks). */
+static int l_engine_live(lua_State *L) {
+  weft_runtime *rt = weft_runtime_of(L);
+  lua_pushinteger(L, (lua_Integer)atomic_load(&rt->live_blocks));
+  lua_pushinteger(L, (lua_Integer)atomic_load(&rt->live_bytes));
+  return 2;
+}
+
 static const luaL_Reg funcs[] = {
     {"copy", l_copy},
+    {"_engine_live", l_engine_live},
     {"now", l_now},
     {"ncpu", l_ncpu},
     {"_bind_duration", l_bind_duration},

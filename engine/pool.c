@@ -116,7 +116,7 @@ struct weft_pool {
   char deadlock_msg[512];
   bool coop;                 /* cooperative: one worker, no thread */
   atomic_bool polling;       /* cooperative: a thread runs it now */
-  pthread_t host;            /* cooperative: the thread that polls it */
+  pthread_t host;            /* cooperative: the thread that made it */
   size_t memory_limit;
   weft_pool *rt_prev, *rt_next;  /* rt->mu: rt's live pools */
   unsigned long long next_id;
@@ -217,23 +217,43 @@ static bool defer_new_job(weft_pool *p, worker *w) {
 
 static _Thread_local worker *tls_worker;  /* a worker thread's own */
 
+/* The error that stops j now (its context's, or close's), else WEFT_LIVE. */
+static int stop_error(weft_job *j) {
+  if (atomic_load(&j->killed)) return WEFT_KILLED;
+  if (j->shielded || !j->pool->hard_cancel) return WEFT_LIVE;
+  return weft_ctx_err(j->ctx);
+}
+
+static void arm_hook(lua_State *co);
+
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || j->co != L) return;
-  if (atomic_load(&j->killed)) luaL_error(L, "%s", WEFT_KILLED_MSG);
-  int err = j->shielded || !j->pool->hard_cancel ? WEFT_LIVE
-                                                 : weft_ctx_err(j->ctx);
+  int err = stop_error(j);
+  if (err == WEFT_KILLED) luaL_error(L, "%s", WEFT_KILLED_MSG);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
-  /* A cooperative poll's time is up: suspend the job where a hook may
-     yield (else at a later instruction: the hook stays until then). */
-  if (atomic_load(&w->preempt) && ar->event == LUA_HOOKCOUNT &&
-      lua_isyieldable(L)) {
-    atomic_store(&w->preempt, false);
-    lua_sethook(L, NULL, 0, 0);
-    j->preempted = true;
-    lua_yield(L, 0);
+  if (atomic_load(&w->preempt)) {
+    /* A cooperative poll's time is up: suspend the job where a hook may
+       yield (else at a later instruction: the hook stays until then). */
+    if (ar->event == LUA_HOOKCOUNT && lua_isyieldable(L)) {
+      atomic_store(&w->preempt, false);
+      lua_sethook(L, NULL, 0, 0);
+      j->preempted = true;
+      lua_yield(L, 0);
+    }
+    return;
   }
+  /* Nothing to do (a shielded job, a suspension that came after its poll):
+     drop the hook, with the signal blocked so that its handler cannot
+     install one half-way, then look again for a stop that came meanwhile. */
+  sigset_t set, old;
+  sigemptyset(&set);
+  sigaddset(&set, CANCEL_SIGNAL);
+  pthread_sigmask(SIG_BLOCK, &set, &old);
+  lua_sethook(L, NULL, 0, 0);
+  if (stop_error(j) != WEFT_LIVE || atomic_load(&w->preempt)) arm_hook(L);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
 }
 
 /* At its next instruction, and at the next return (a parked job resumed
@@ -325,11 +345,7 @@ void weft_job_wake(weft_job *j) {
 
 void weft_job_shield(weft_job *j) { j->shielded = true; }
 
-int weft_job_canceled(weft_job *j) {
-  if (atomic_load(&j->killed)) return WEFT_KILLED;
-  if (j->shielded) return WEFT_LIVE;
-  return j->pool->hard_cancel ? weft_ctx_err(j->ctx) : WEFT_LIVE;
-}
+int weft_job_canceled(weft_job *j) { return stop_error(j); }
 
 void weft_pool_kill(weft_pool *p) {
   pthread_mutex_lock(&p->mu);
@@ -820,6 +836,44 @@ static int no_exit(lua_State *L) {
                        "(it would end the whole process); raise an error");
 }
 
+static int no_sethook(lua_State *L) {
+  return luaL_error(L, "debug.sethook is not allowed in a weft worker "
+                       "(weft's hard cancel and cooperative mode use the hook)");
+}
+
+/*
+** load and loadfile in a worker take text chunks only: Lua does not check
+** binary chunks, and a malformed one can crash the process.  The original
+** function is upvalue 1; mode is argument `arg`.  (Functions a job carries
+** are copied by the engine, which loads their bytecode itself.)
+*/
+static int text_only(lua_State *L) {
+  int arg = (int)lua_tointeger(L, lua_upvalueindex(2));
+  if (lua_gettop(L) < arg) lua_settop(L, arg);
+  lua_pushliteral(L, "t");
+  lua_replace(L, arg);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static int text_dofile(lua_State *L) {
+  const char *name = luaL_optstring(L, 1, NULL);
+  lua_settop(L, 1);
+  if (luaL_loadfilex(L, name, "t") != LUA_OK) return lua_error(L);
+  lua_call(L, 0, LUA_MULTRET);
+  return lua_gettop(L) - 1;
+}
+
+/* Wraps the global function name with text_only (mode at argument arg). */
+static void wrap_text_only(lua_State *L, const char *name, int arg) {
+  lua_getglobal(L, name);
+  lua_pushinteger(L, arg);
+  lua_pushcclosure(L, text_only, 2);
+  lua_setglobal(L, name);
+}
+
 /*
 ** Warnings of a worker state (errors in __gc among them) go to the log,
 ** one line each, prefixed with the pool's name.  "@off" and "@on" work as
@@ -853,6 +907,13 @@ static int setup_k(lua_State *L) {
   lua_getglobal(L, "os");
   lua_pushcfunction(L, no_exit);
   lua_setfield(L, -2, "exit");
+  lua_getglobal(L, "debug");
+  lua_pushcfunction(L, no_sethook);
+  lua_setfield(L, -2, "sethook");
+  wrap_text_only(L, "load", 3);
+  wrap_text_only(L, "loadfile", 2);
+  lua_pushcfunction(L, text_dofile);
+  lua_setglobal(L, "dofile");
   lua_getglobal(L, "package");
   if (p->path != NULL) {
     lua_pushlstring(L, p->path, p->path_len);
@@ -1038,7 +1099,7 @@ int weft_pool_poll(weft_pool *p, double deadline) {
   if (!p->coop || atomic_exchange(&p->polling, true)) return 0;
   worker *w = &p->workers[0];
   worker *outer = tls_worker;
-  p->host = w->thread = pthread_self();
+  w->thread = pthread_self();
   tls_worker = w;
   sigset_t set, old;
   sigemptyset(&set);
@@ -1047,9 +1108,11 @@ int weft_pool_poll(weft_pool *p, double deadline) {
   atomic_store(&w->preempt, false);
   w->preempt_at.claim = preempt_claim;
   w->preempt_at.fire = preempt_fire;
+  /* no timer (out of memory, or the runtime stopped it): no job runs, as
+     nothing could suspend it */
   bool timed = weft_timer_add(&p->rt->timer, &w->preempt_at, deadline) == 0;
   int n = 0;
-  while (weft_now() < deadline || (!timed && n == 0)) {
+  while (timed && weft_now() < deadline) {
     if (!step(w)) {
       pthread_mutex_unlock(&p->mu);
       break;

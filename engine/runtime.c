@@ -21,8 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <lualib.h>
-
 #include <lauxlib.h>
 
 #include "context.h"
@@ -48,16 +46,31 @@ static void *default_alloc(void *ud, void *p, size_t osize, size_t nsize) {
   return realloc(p, nsize);
 }
 
+/* Engine allocations are counted (blocks and bytes live), so leak checks
+   can see the engine's memory come back to where it was. */
 void *weft_alloc(weft_runtime *rt, size_t n) {
-  return rt->alloc(rt->alloc_ud, NULL, 0, n);
+  void *p = rt->alloc(rt->alloc_ud, NULL, 0, n);
+  if (p != NULL) {
+    atomic_fetch_add_explicit(&rt->live_blocks, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&rt->live_bytes, (long)n, memory_order_relaxed);
+  }
+  return p;
 }
 
 void *weft_realloc(weft_runtime *rt, void *p, size_t osize, size_t nsize) {
-  return rt->alloc(rt->alloc_ud, p, osize, nsize);
+  if (p == NULL) return weft_alloc(rt, nsize);
+  void *q = rt->alloc(rt->alloc_ud, p, osize, nsize);
+  if (q != NULL)
+    atomic_fetch_add_explicit(&rt->live_bytes, (long)nsize - (long)osize,
+                              memory_order_relaxed);
+  return q;
 }
 
 void weft_free(weft_runtime *rt, void *p, size_t n) {
-  if (p != NULL) rt->alloc(rt->alloc_ud, p, n, 0);
+  if (p == NULL) return;
+  rt->alloc(rt->alloc_ud, p, n, 0);
+  atomic_fetch_sub_explicit(&rt->live_blocks, 1, memory_order_relaxed);
+  atomic_fetch_sub_explicit(&rt->live_bytes, (long)n, memory_order_relaxed);
 }
 
 double weft_now(void) {
@@ -102,6 +115,8 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   atomic_init(&rt->pending, 0);
   atomic_init(&rt->ntypes, 0);
   atomic_init(&rt->hosted, false);
+  atomic_init(&rt->live_blocks, 0);
+  atomic_init(&rt->live_bytes, 0);
   rt->alloc = alloc;
   rt->alloc_ud = cfg->alloc_ud;
   rt->cfg = *cfg;
@@ -136,8 +151,10 @@ weft_runtime *weft_runtime_new(const weft_config *cfg, char *err,
     set_err(err, errlen, "limit is less than workers");
     return NULL;
   }
-  if (cfg->queue < 0 || cfg->limit < 0) {
-    set_err(err, errlen, "limit and queue must be >= 0");
+  if (cfg->queue < 0 || cfg->limit < 0 || cfg->workers > 4096 ||
+      cfg->limit > 1000000 || cfg->queue > 1000000) {
+    set_err(err, errlen, "workers must be at most 4096, limit and queue "
+                         "between 0 and 1000000");
     return NULL;
   }
   weft_runtime *rt = runtime_create(cfg, err, errlen);
@@ -243,6 +260,8 @@ int weft_runtime_udtype(weft_runtime *rt, lua_State *L, int idx) {
 void weft_runtime_stats(weft_runtime *rt, weft_stats *s) {
   memset(s, 0, sizeof *s);
   s->pending_callbacks = atomic_load(&rt->pending);
+  s->engine_blocks = atomic_load(&rt->live_blocks);
+  s->engine_bytes = atomic_load(&rt->live_bytes);
   if (rt->pool == NULL) return;
   weft_pool_stats ps;
   weft_pool_get_stats(rt->pool, &ps);

@@ -46,6 +46,7 @@ struct weft_runtime {
   struct weft_hostreq *reqs, *reqs_tail;  /* weft.on_host calls */
   bool closing;
   atomic_long pending;       /* completions queued for a poll */
+  atomic_long live_blocks, live_bytes;  /* engine allocations (weft_alloc) */
   weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
   atomic_int ntypes;
 };

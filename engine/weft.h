@@ -198,9 +198,13 @@ typedef struct weft_stats {
   size_t memory[WEFT_STATS_WORKERS];  /* Lua bytes of each worker state */
   size_t memory_total;                /* all worker states */
   long pending_callbacks;             /* completions not yet polled */
+  /* The engine's own allocations alive now (not Lua's): blocks and bytes.
+     Back where they were once what was made is dropped: a leak check. */
+  long engine_blocks, engine_bytes;
 } weft_stats;
 
-/* Fills s with a snapshot of the runtime's pool.  Any thread. */
+/* Fills s with a snapshot of the runtime's pool (all zero but the
+   callbacks and engine figures when it has none).  Any thread. */
 void weft_runtime_stats(weft_runtime *rt, weft_stats *s);
 
 /*

@@ -159,6 +159,51 @@ static void vec2_in(lua_State *L, const void *data, size_t len, void *ud) {
   luaL_setmetatable(L, "test.vec2");
 }
 
+/* A bigger type: 200 bytes, more than the copier's first offer of room. */
+typedef struct blob {
+  unsigned char bytes[200];
+} blob;
+
+static int blob_new(lua_State *L) {
+  blob *b = lua_newuserdatauv(L, sizeof *b, 0);
+  for (int i = 0; i < 200; i++) b->bytes[i] = (unsigned char)(i * 7 + 3);
+  luaL_setmetatable(L, "test.blob");
+  return 1;
+}
+
+/* blob_ok(b): whether b holds blob_new's bytes */
+static int blob_ok(lua_State *L) {
+  blob *b = luaL_checkudata(L, 1, "test.blob");
+  int good = 1;
+  for (int i = 0; i < 200; i++) good &= b->bytes[i] == (unsigned char)(i * 7 + 3);
+  lua_pushboolean(L, good);
+  return 1;
+}
+
+static size_t blob_out(lua_State *L, int idx, void *out, size_t cap,
+                       void *ud) {
+  (void)ud;
+  blob *b = luaL_checkudata(L, idx, "test.blob");
+  if (cap >= sizeof *b) memcpy(out, b, sizeof *b);
+  return sizeof *b;
+}
+
+static void blob_in(lua_State *L, const void *data, size_t len, void *ud) {
+  (void)ud;
+  if (len != sizeof(blob)) luaL_error(L, "bad blob");
+  memcpy(lua_newuserdatauv(L, sizeof(blob), 0), data, len);
+  luaL_setmetatable(L, "test.blob");
+}
+
+static void open_blob(lua_State *L) {
+  luaL_newmetatable(L, "test.blob");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, blob_new);
+  lua_setglobal(L, "blob");
+  lua_pushcfunction(L, blob_ok);
+  lua_setglobal(L, "blob_ok");
+}
+
 /* --- host functions registered in every worker by init_state ------------ */
 
 static int host_tag(lua_State *L) {
@@ -182,6 +227,7 @@ static void init_state(lua_State *L, void *ud) {
   lua_pushcfunction(L, host_block);
   lua_setglobal(L, "host_block");
   open_vec2(L);
+  open_blob(L);
 }
 
 /* --- helpers ------------------------------------------------------------- */
@@ -213,6 +259,7 @@ static lua_State *host_state(weft_runtime *rt) {
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
   open_vec2(L);
+  open_blob(L);
   if (weft_runtime_open(rt, L) != 0) return NULL;
   if (luaL_dostring(L, "package.path = '" LUA_DIRS ";' .. package.path\n"
                        "weft = require 'weft'") != LUA_OK) {
@@ -501,6 +548,19 @@ static void test_host_features(void) {
   ok(lua_toboolean(L, -1), "a vec2 travels to a job and back, as a vec2");
   lua_pop(L, 1);
 
+  /* a host type bigger than the copier's first offer of room */
+  ok(weft_register_type(rt, "test.blob", blob_out, blob_in, NULL) == 0,
+     "a second host type registers");
+  run(L, "pending = 1\n"
+         "weft.default_pool():try_submit(weft.background(), function(_, b)\n"
+         "  return blob_ok(b), blob() end, blob())\n"
+         ":on_done(function(ok, there, b) pending = 0\n"
+         "  blob_res = ok and there and blob_ok(b) end)");
+  poll_until_done(rt, L, 0.002, 10, NULL);
+  lua_getglobal(L, "blob_res");
+  ok(lua_toboolean(L, -1), "a 200-byte host value travels both ways intact");
+  lua_pop(L, 1);
+
   /* unregistered userdata is refused with its path */
   lua_pushcfunction(L, vec2_new);  /* any function: not reached */
   lua_newtable(L);
@@ -609,7 +669,28 @@ static void test_host_features(void) {
   sleep_for(1.6);  /* the stuck job returns; its worker then idles */
 }
 
+/* Bad configurations fail with a message, and nothing is left running. */
+static void test_bad_config(void) {
+  char err[256] = "";
+  weft_config cfg;
+  weft_config_init(&cfg);
+  ok(cfg.workers >= 1 && cfg.limit == 0 && cfg.alloc == NULL,
+     "weft_config_init: one worker per CPU, the rest zero");
+  cfg.workers = 4;
+  cfg.limit = 2;
+  ok(weft_runtime_new(&cfg, err, sizeof err) == NULL &&
+     strstr(err, "limit") != NULL, "limit below workers is refused");
+  weft_config_init(&cfg);
+  cfg.workers = 1;
+  cfg.lua_path = "/nonexistent/?.lua";
+  cfg.lua_cpath = "";
+  ok(weft_runtime_new(&cfg, err, sizeof err) == NULL &&
+     strstr(err, "module 'weft' not found") != NULL,
+     "weft's Lua files missing from lua_path: a clear error");
+}
+
 int main(void) {
+  test_bad_config();
   test_frame_loop();
   test_cooperative();
   test_two_runtimes();
