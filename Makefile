@@ -47,6 +47,10 @@ test:
 sanitize:
 	@spec/run sanitize
 
+# the same specs and C tests with the collector at its most eager everywhere
+gc-stress:
+	@spec/run gc-stress
+
 bench: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
@@ -76,6 +80,8 @@ help:
 	@echo "                    the C tests (spec/c/*.c) and a luarocks make check"
 	@echo "  make sanitize     the same specs and C tests under TSan, then ASan+UBSan"
 	@echo "                    (builds into build/tsan and build/asan)"
+	@echo "  make gc-stress    the specs and C tests with the most eager collector in"
+	@echo "                    every state (WEFT_GC_STRESS=1 for the workers)"
 	@echo "  make bench        run bench/*_bench.lua (BENCH=name runs one file)"
 	@echo "  make demo         run scripts/hello.lua"
 	@echo "  make example      build and run the C embedding example (examples/host)"
@@ -85,4 +91,4 @@ help:
 	@echo "  make clean        remove build/"
 	@echo "Environment: WEFT_TEST_TIMEOUT (seconds per spec file, default 600)."
 
-.PHONY: all tsan asan deps test sanitize bench demo example lint format-check clean help
+.PHONY: all tsan asan deps test sanitize gc-stress bench demo example lint format-check clean help

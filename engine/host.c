@@ -155,6 +155,9 @@ int weft_future_on_done(lua_State *L) {
   weft_future *f = (weft_future *)weft_check_object(L, 1, &weft_future_class);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
+  if (weft_pool_of_state(L) != NULL)
+    return luaL_error(L, "future:on_done in a worker would never run (only "
+                         "the host polls); use future:wait");
   weft_runtime *rt = weft_runtime_of(L);
   inbox *box = inbox_of(L, rt);
   push_callbacks(L);
@@ -432,6 +435,8 @@ int weft_runtime_poll(weft_runtime *rt, lua_State *L, int max_count,
 
 /* weft.poll([budget [, max]]) -> the number of callbacks run */
 static int l_poll(lua_State *L) {
+  if (weft_pool_of_state(L) != NULL)
+    return luaL_error(L, "weft.poll is for the host thread, not a worker");
   double budget = lua_isnoneornil(L, 1) ? 0 : weft_check_duration(L, 1);
   lua_Integer max = luaL_optinteger(L, 2, 0);
   lua_settop(L, 0);

@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -904,6 +905,10 @@ static int setup_k(lua_State *L) {
   worker *w = lua_touserdata(L, 1);
   weft_pool *p = w->pool;
   luaL_openlibs(L);
+  /* WEFT_GC_STRESS=1 (a test setting, make gc-stress): the collector at
+     its most eager, so that every allocation may run a collection step */
+  const char *stress = getenv("WEFT_GC_STRESS");
+  if (stress != NULL && strcmp(stress, "1") == 0) lua_gc(L, LUA_GCINC, 1, 1000, 1);
   lua_getglobal(L, "os");
   lua_pushcfunction(L, no_exit);
   lua_setfield(L, -2, "exit");

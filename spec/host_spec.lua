@@ -86,6 +86,21 @@ describe("future:on_done and weft.poll", function()
     assert.is_true(poll_until(function() return second end))
   end)
 
+  it("is refused in workers, which never poll", function()
+    local p = new_pool { workers = 1 }
+    local inner = p:submit(bounded(), function() return 1 end)
+    local _, ok, err = await(p:submit(bounded(), function(_, f)
+      return pcall(f.on_done, f, function() end)
+    end, inner))
+    assert.is_false(ok)
+    assert.matches("future:on_done in a worker would never run", err)
+    local _, ok2, err2 = await(p:submit(bounded(), function()
+      return pcall(require("weft").poll)
+    end))
+    assert.is_false(ok2)
+    assert.matches("weft.poll is for the host thread", err2)
+  end)
+
   it("rejects bad arguments", function()
     local p = new_pool { workers = 1 }
     local f = p:submit(bounded(), function() end)
