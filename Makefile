@@ -51,6 +51,10 @@ sanitize:
 gc-stress:
 	@spec/run gc-stress
 
+# the same specs and C tests under valgrind's memcheck (slow: minutes)
+valgrind:
+	@spec/run valgrind
+
 bench: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
@@ -65,7 +69,7 @@ demo: deps all
 
 lint:
 	@spec/run deps lint
-	luacheck lua spec scripts bench
+	luacheck lua spec scripts bench examples
 
 format-check:
 	clang-format --dry-run --Werror engine/*.c engine/*.h $(wildcard spec/c/*.c tools/*.c)
@@ -82,6 +86,7 @@ help:
 	@echo "                    (builds into build/tsan and build/asan)"
 	@echo "  make gc-stress    the specs and C tests with the most eager collector in"
 	@echo "                    every state (WEFT_GC_STRESS=1 for the workers)"
+	@echo "  make valgrind     the specs and C tests under valgrind memcheck"
 	@echo "  make bench        run bench/*_bench.lua (BENCH=name runs one file)"
 	@echo "  make demo         run scripts/hello.lua"
 	@echo "  make example      build and run the C embedding example (examples/host)"
@@ -91,4 +96,4 @@ help:
 	@echo "  make clean        remove build/"
 	@echo "Environment: WEFT_TEST_TIMEOUT (seconds per spec file, default 600)."
 
-.PHONY: all tsan asan deps test sanitize gc-stress bench demo example lint format-check clean help
+.PHONY: all tsan asan deps test sanitize gc-stress valgrind bench demo example lint format-check clean help

@@ -192,7 +192,7 @@ void weft_runtime_release(weft_runtime *rt) {
   weft_timer_destroy(&rt->timer);
   weft_ctx_release(rt->background);
   pthread_mutex_destroy(&rt->mu);
-  weft_free(rt, rt, sizeof *rt);
+  rt->alloc(rt->alloc_ud, rt, sizeof *rt, 0);  /* not counted: not weft_free */
 }
 
 bool weft_runtime_closing(weft_runtime *rt) {

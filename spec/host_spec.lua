@@ -199,6 +199,7 @@ describe("pool memory_limit", function()
     local ok, err = await(p:submit(bounded(), function()
       local t = {}
       for i = 1, 1e7 do t[i] = ("x"):rep(100) .. i end
+      return #t
     end))
     assert.is_false(ok)
     assert.matches("^not enough memory %(limit 8 MB%)", err)
@@ -206,7 +207,7 @@ describe("pool memory_limit", function()
     local other = new_pool { workers = 1 }  -- other pools are untouched
     assert.same({ true, 4 }, { await(other:submit(bounded(), function()
       local t = {} for i = 1, 2e5 do t[i] = ("y"):rep(50) .. i end
-      return 4
+      return #t > 0 and 4
     end)) })
   end)
 
@@ -219,7 +220,7 @@ describe("pool memory_limit", function()
 
   it("a limit too small for a worker state fails the pool, not the process", function()
     local p, err = weft.pool { workers = 1, memory_limit = 1 << 20,
-      init = function() local t = {} for i = 1, 1e6 do t[i] = i end end }
+      init = function() local t = {} for i = 1, 1e6 do t[i] = i end return #t end }
     assert.is_nil(p)
     assert.matches("not enough memory", err)
   end)
