@@ -77,6 +77,9 @@ struct worker {
   bool kicked;                   /* mu */
   int nparked;                   /* mu: its jobs parked, not woken */
   _Atomic(weft_job *) current;   /* written by the worker thread only */
+  _Atomic(lua_State *) inner;    /* the coroutine the job resumed, if any
+                                    (its thread only; read by the signal
+                                    handler, which runs on that thread) */
   worker *idle_next;             /* p->mu */
   bool idle;                     /* p->mu */
   char warning[256];             /* the worker thread's: a warning so far */
@@ -230,14 +233,14 @@ static void arm_hook(lua_State *co);
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
-  if (j == NULL || j->co != L) return;
+  if (j == NULL || (j->co != L && atomic_load(&w->inner) != L)) return;
   int err = stop_error(j);
   if (err == WEFT_KILLED) luaL_error(L, "%s", WEFT_KILLED_MSG);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
   if (atomic_load(&w->preempt)) {
     /* A cooperative poll's time is up: suspend the job where a hook may
        yield (else at a later instruction: the hook stays until then). */
-    if (ar->event == LUA_HOOKCOUNT && lua_isyieldable(L)) {
+    if (ar->event == LUA_HOOKCOUNT && L == j->co && lua_isyieldable(L)) {
       atomic_store(&w->preempt, false);
       lua_sethook(L, NULL, 0, 0);
       j->preempted = true;
@@ -269,8 +272,73 @@ static void on_cancel_signal(int sig) {
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j != NULL && (weft_ctx_err(j->ctx) != WEFT_LIVE ||
-                   atomic_load(&j->killed) || atomic_load(&w->preempt)))
+                   atomic_load(&j->killed) || atomic_load(&w->preempt))) {
+    lua_State *inner = atomic_load(&w->inner);
     arm_hook(j->co);
+    if (inner != NULL) arm_hook(inner);  /* what runs now */
+  }
+}
+
+/*
+** coroutine.resume and coroutine.wrap in a worker note the coroutine the
+** job runs, so that hard cancel reaches a loop inside it too: the signal
+** handler arms that coroutine as well, and when it returns to the one
+** that resumed it, that one is armed in turn if the job must stop.
+*/
+static int co_resume(lua_State *L) {
+  worker *w = tls_worker;
+  weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
+  lua_State *co = lua_tothread(L, 1);
+  if (co == NULL) luaL_checktype(L, 1, LUA_TTHREAD);  /* its own message */
+  lua_pushvalue(L, lua_upvalueindex(1));  /* the original resume */
+  lua_insert(L, 1);
+  if (j == NULL) {  /* not from a job: as it was */
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+  }
+  lua_State *outer = atomic_load(&w->inner);
+  atomic_store(&w->inner, co);
+  if (stop_error(j) != WEFT_LIVE) arm_hook(co);
+  int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+  atomic_store(&w->inner, outer);
+  if (stop_error(j) != WEFT_LIVE) arm_hook(outer != NULL ? outer : j->co);
+  if (status != LUA_OK) return lua_error(L);
+  return lua_gettop(L);
+}
+
+/* The function coroutine.wrap returns: upvalue 1 = the coroutine, 2 = the
+   worker's resume.  Errors as Lua's own wrap raises them. */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_rotate(L, 1, 2);  /* resume, co, args... */
+  lua_call(L, n + 1, LUA_MULTRET);
+  if (lua_toboolean(L, 1)) return lua_gettop(L) - 1;
+  int stat = lua_status(co);
+  if (stat != LUA_OK && stat != LUA_YIELD) {  /* died: close it */
+    stat = lua_resetthread(co);
+    lua_settop(co, 0);
+  }
+  if (stat != LUA_ERRMEM && lua_type(L, 2) == LUA_TSTRING) {
+    luaL_where(L, 1);
+    lua_pushvalue(L, 2);
+    lua_concat(L, 2);
+    lua_replace(L, 2);
+  }
+  lua_settop(L, 2);
+  return lua_error(L);
+}
+
+static int co_wrap(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));  /* the worker's resume */
+  lua_pushcclosure(L, co_wrapped, 2);
+  return 1;
 }
 
 /* Installs the handler unless someone else handles the signal. */
@@ -656,35 +724,66 @@ static int limit_msg_k(lua_State *L) {
   return 1;
 }
 
+/*
+** The Lua the engine runs for a job whose coroutine stopped (its error's
+** __tostring, its pending __close handlers) is still the job's: hard
+** cancel and pool:close reach it there too (on the worker's own state,
+** as the coroutine it resumed).  Worker thread.
+*/
+static void job_epilogue_begin(worker *w, weft_job *j) {
+  atomic_store(&w->inner, w->L);
+  atomic_store(&w->current, j);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (stop_error(j) != WEFT_LIVE) {
+    arm_hook(j->co);
+    arm_hook(w->L);
+  }
+}
+
+static void job_epilogue_end(worker *w) {
+  atomic_store(&w->current, NULL);  /* the signal handler arms nothing now */
+  atomic_store(&w->inner, NULL);
+  lua_sethook(w->L, NULL, 0, 0);
+}
+
 static void panicked_job(worker *w, weft_job *j, int status) {
   lua_State *L = w->L, *co = j->co;
   weft_pool *p = w->pool;
   int top = lua_gettop(L);
-  /* the error value, and the traceback of the dead coroutine */
-  lua_pushcfunction(L, report_k);
+  job_epilogue_begin(w, j);
+  /* the error value, its message and the traceback of the dead coroutine */
   lua_xmove(co, L, 1);
+  int orig = top + 1, msg = top + 2, tb = top + 3;
+  lua_pushcfunction(L, report_k);
+  lua_pushvalue(L, orig);
   lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
   if (lua_pcall(L, 2, 2, 0) != LUA_OK) {
-    lua_settop(L, top);
+    lua_settop(L, orig);
     lua_pushstring(L, status == LUA_ERRMEM ? "not enough memory" : "(error)");
     lua_pushliteral(L, "");
   }
-  int msg = top + 1, tb = top + 2;
   /* Close the coroutine's pending to-be-closed variables; as in a pcall,
      an error raised by one of them replaces the job's error (the
-     traceback stays that of the first). */
+     traceback stays that of the first).  A dead coroutine reports its
+     own error again: that one is not new. */
   if (lua_resetthread(co) != LUA_OK) {
-    lua_pushcfunction(L, report_k);
     lua_xmove(co, L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
-    if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
-      lua_pop(L, 1);
-      lua_replace(L, msg);
+    if (!lua_rawequal(L, -1, orig)) {
+      lua_pushcfunction(L, report_k);
+      lua_insert(L, -2);
+      lua_rawgeti(L, LUA_REGISTRYINDEX, j->co_ref);
+      if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+        lua_pop(L, 1);
+        lua_replace(L, msg);
+      } else {
+        lua_pop(L, 1);
+      }
     } else {
       lua_pop(L, 1);
     }
     lua_settop(co, 0);
   }
+  job_epilogue_end(w);
   if (status == LUA_ERRMEM && p->memory_limit > 0) {
     lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
     char limit[32];
@@ -843,8 +942,9 @@ static int no_sethook(lua_State *L) {
 }
 
 /*
-** load and loadfile in a worker take text chunks only: Lua does not check
-** binary chunks, and a malformed one can crash the process.  The original
+** load, loadfile, dofile and require in a worker take text chunks only:
+** Lua does not check binary chunks, and a malformed one can crash the
+** process.  The original
 ** function is upvalue 1; mode is argument `arg`.  (Functions a job carries
 ** are copied by the engine, which loads their bytecode itself.)
 */
@@ -865,6 +965,23 @@ static int text_dofile(lua_State *L) {
   if (luaL_loadfilex(L, name, "t") != LUA_OK) return lua_error(L);
   lua_call(L, 0, LUA_MULTRET);
   return lua_gettop(L) - 1;
+}
+
+/* package.searchers[2] in a worker: Lua modules, from text only. */
+static int text_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchpath");
+  lua_pushvalue(L, 1);
+  lua_getfield(L, -3, "path");
+  lua_call(L, 2, 2);
+  if (lua_isnil(L, -2)) return 1;  /* the files it tried */
+  const char *file = lua_tostring(L, -2);
+  if (luaL_loadfilex(L, file, "t") != LUA_OK)
+    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+                      name, file, lua_tostring(L, -1));
+  lua_pushstring(L, file);
+  return 2;
 }
 
 /* Wraps the global function name with text_only (mode at argument arg). */
@@ -919,6 +1036,19 @@ static int setup_k(lua_State *L) {
   wrap_text_only(L, "loadfile", 2);
   lua_pushcfunction(L, text_dofile);
   lua_setglobal(L, "dofile");
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_pushcfunction(L, text_searcher);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+  lua_getglobal(L, "coroutine");
+  lua_getfield(L, -1, "resume");
+  lua_pushcclosure(L, co_resume, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "resume");
+  lua_pushcclosure(L, co_wrap, 1);
+  lua_setfield(L, -2, "wrap");
+  lua_pop(L, 1);
   lua_getglobal(L, "package");
   if (p->path != NULL) {
     lua_pushlstring(L, p->path, p->path_len);
@@ -1027,7 +1157,10 @@ static bool step(worker *w) {
   p->nactive++;
   pthread_mutex_unlock(&p->mu);
   run(w, j, true);
-  lua_gc(w->L, LUA_GCSTEP, 0);  /* no creep from job to job */
+  /* no creep from job to job; and a job's collectgarbage("stop") is not
+     left to the next ones */
+  if (!lua_gc(w->L, LUA_GCISRUNNING)) lua_gc(w->L, LUA_GCRESTART);
+  lua_gc(w->L, LUA_GCSTEP, 0);
   return true;
 }
 
@@ -1227,6 +1360,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
     w->index = i;
     atomic_init(&w->mem_seen, 0);
     atomic_init(&w->preempt, false);
+    atomic_init(&w->inner, NULL);
     w->preempt_at.index = SIZE_MAX;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
