@@ -418,6 +418,9 @@ int weft_job_canceled(weft_job *j) { return stop_error(j); }
 
 void weft_pool_kill(weft_pool *p) {
   pthread_mutex_lock(&p->mu);
+  /* jobs not started yet end as they start, without running */
+  for (weft_job *j = p->newq; j != NULL; j = j->next) atomic_store(&j->killed, true);
+  for (weft_job *j = p->waitq; j != NULL; j = j->next) atomic_store(&j->killed, true);
   for (weft_job *j = p->active; j != NULL; j = j->act_next) {
     atomic_store(&j->killed, true);
     weft_job_wake(j);
@@ -844,6 +847,10 @@ static void run(worker *w, weft_job *j, bool start) {
   weft_pool *p = w->pool;
   int nargs = 0;
   if (start) {
+    if (atomic_load(&j->killed)) {  /* pool:close(timeout) came first */
+      finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, string_buf(L, WEFT_KILLED_MSG));
+      return;
+    }
     if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* ended while it waited */
       finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR,
              string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx))));

@@ -68,9 +68,10 @@ bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w);
 void weft_pool_remove_idle_waiter(weft_pool *p, weft_waiter *w);
 
 /*
-** Interrupts every started job (at its next instruction, or its next weft
-** call when hard cancel is off); they end as canceled with "pool closed".
-** For pool:close(timeout).  Any thread.
+** Interrupts every job of p: a started one at its next instruction (or
+** its next weft call when hard cancel is off), one not started yet as it
+** starts, without running; they end as canceled with "pool closed".  For
+** pool:close(timeout) and weft_runtime_close.  Any thread.
 */
 void weft_pool_kill(weft_pool *p);
 
