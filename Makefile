@@ -55,6 +55,10 @@ gc-stress:
 valgrind:
 	@spec/run valgrind
 
+# libFuzzer on the value copier (fuzz/README.md) for FUZZ_SECONDS (60)
+fuzz:
+	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) spec/run fuzz
+
 bench: deps all
 	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
@@ -87,6 +91,7 @@ help:
 	@echo "  make gc-stress    the specs and C tests with the most eager collector in"
 	@echo "                    every state (WEFT_GC_STRESS=1 for the workers)"
 	@echo "  make valgrind     the specs and C tests under valgrind memcheck"
+	@echo "  make fuzz         libFuzzer on the value copier (FUZZ_SECONDS=60)"
 	@echo "  make bench        run bench/*_bench.lua (BENCH=name runs one file)"
 	@echo "  make demo         run scripts/hello.lua"
 	@echo "  make example      build and run the C embedding example (examples/host)"
@@ -96,4 +101,4 @@ help:
 	@echo "  make clean        remove build/"
 	@echo "Environment: WEFT_TEST_TIMEOUT (seconds per spec file, default 600)."
 
-.PHONY: all tsan asan deps test sanitize gc-stress valgrind bench demo example lint format-check clean help
+.PHONY: all tsan asan deps test sanitize gc-stress valgrind fuzz bench demo example lint format-check clean help

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -277,10 +278,11 @@ void weft_host_fail_requests(weft_runtime *rt) {
 /* poll */
 
 static int deliver_k(lua_State *L);
+static int deliver_failure_k(lua_State *L);
 static int serve_k(lua_State *L);
 
 /* Message handler: the message and a traceback of the callback's own
-   frames (those above deliver_k or serve_k, not the host's below them). */
+   frames (those above deliver_k and the like, not the host's below). */
 static int traceback_h(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
   if (msg == NULL)
@@ -291,7 +293,7 @@ static int traceback_h(lua_State *L) {
     lua_getinfo(L, "f", &ar);
     lua_CFunction f = lua_tocfunction(L, -1);
     lua_pop(L, 1);
-    if (f == deliver_k || f == serve_k) {
+    if (f == deliver_k || f == deliver_failure_k || f == serve_k) {
       own = level - 1;
       break;
     }
@@ -348,23 +350,48 @@ static void serve(lua_State *L, weft_runtime *rt, struct weft_hostreq *r) {
 /* Under lua_pcall: 1 = the callback, 2 = the future (light). */
 static int deliver_k(lua_State *L) {
   weft_future *f = lua_touserdata(L, 2);
+  bool *called = lua_touserdata(L, 3);
   lua_settop(L, 1);
-  lua_call(L, weft_push_outcome(L, f), 0);
+  int n = weft_push_outcome(L, f);
+  *called = true;
+  lua_call(L, n, 0);
   return 0;
 }
 
+/* Under lua_pcall: 1 = the callback, 2 = the message. */
+static int deliver_failure_k(lua_State *L) {
+  lua_pushboolean(L, 0);
+  lua_insert(L, 2);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* Runs n's callback with the job's outcome; when the outcome cannot even
+   be rebuilt here (memory), with false and that error instead: it runs
+   once either way, unless that fails too (then the log says so). */
 static void deliver(lua_State *L, weft_runtime *rt, done_node *n) {
   int top = lua_gettop(L);
-  lua_pushcfunction(L, traceback_h);
-  lua_pushcfunction(L, deliver_k);
+  bool called = false;
   push_callbacks(L);
   lua_rawgeti(L, -1, n->ref);
   luaL_unref(L, -2, n->ref);
-  lua_remove(L, -2);
+  lua_remove(L, -2);  /* top + 1: the callback */
+  lua_pushcfunction(L, traceback_h);
+  lua_pushcfunction(L, deliver_k);
+  lua_pushvalue(L, top + 1);
   lua_pushlightuserdata(L, n->f);
-  if (lua_pcall(L, 2, 0, top + 1) != LUA_OK)
+  lua_pushlightuserdata(L, &called);
+  if (lua_pcall(L, 3, 0, top + 2) != LUA_OK && called)
     weft_log(rt, "weft: error in an on_done callback: %s",
              lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
+  if (!called) {
+    lua_pushcfunction(L, deliver_failure_k);
+    lua_pushvalue(L, top + 1);
+    lua_pushvalue(L, -3);  /* the error */
+    if (lua_pcall(L, 2, 0, top + 2) != LUA_OK)
+      weft_log(rt, "weft: an on_done callback could not run: %s",
+               lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
+  }
   lua_settop(L, top);
   node_free(rt, n);
 }

@@ -1354,6 +1354,9 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   int nworkers = p->coop ? 1 : cfg->workers;
   p->workers = weft_alloc(rt, (size_t)nworkers * sizeof *p->workers);
   if (nomem || p->workers == NULL) {
+    if (p->workers != NULL)  /* pool_free frees p->nworkers of them: none */
+      weft_free(rt, p->workers, (size_t)nworkers * sizeof *p->workers);
+    p->workers = NULL;
     pool_free(p);
     snprintf(err, errlen, "not enough memory");
     return NULL;
