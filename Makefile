@@ -55,6 +55,10 @@ gc-stress:
 valgrind:
 	@spec/run valgrind
 
+# the allocation-failure sweep (spec/faults/allocfail_test.c; not in CI yet)
+allocfail:
+	@spec/run allocfail
+
 # libFuzzer on the value copier (fuzz/README.md) for FUZZ_SECONDS (60)
 fuzz:
 	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) spec/run fuzz
@@ -92,6 +96,7 @@ help:
 	@echo "                    every state (WEFT_GC_STRESS=1 for the workers)"
 	@echo "  make valgrind     the specs and C tests under valgrind memcheck"
 	@echo "  make fuzz         libFuzzer on the value copier (FUZZ_SECONDS=60)"
+	@echo "  make allocfail    the allocation-failure sweep (spec/faults)"
 	@echo "  make bench        run bench/*_bench.lua (BENCH=name runs one file)"
 	@echo "  make demo         run scripts/hello.lua"
 	@echo "  make example      build and run the C embedding example (examples/host)"
@@ -101,4 +106,4 @@ help:
 	@echo "  make clean        remove build/"
 	@echo "Environment: WEFT_TEST_TIMEOUT (seconds per spec file, default 600)."
 
-.PHONY: all tsan asan deps test sanitize gc-stress valgrind fuzz bench demo example lint format-check clean help
+.PHONY: all tsan asan deps test sanitize gc-stress valgrind fuzz allocfail bench demo example lint format-check clean help

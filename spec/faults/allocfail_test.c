@@ -45,12 +45,13 @@
 **     call a __gc metamethod ("error in __gc (not enough memory)" in a
 **     state's warnings), the engine object that handle held is never
 **     released; that is Lua's limit, counted apart and not a failure;
-**   - no lost or doubled completion: every on_done whose registration
-**     returned runs exactly once by the end of the polls after close (also
-**     when the script failed half-way: what it registered still comes),
-**     unless the log says why not ("error in an on_done callback", "on_done
-**     callbacks never ran"); none runs twice; a job that succeeded
-**     returned the right values.
+**   - no lost or doubled completion: under "once", every on_done whose
+**     registration returned runs exactly once by the end of the polls
+**     after close (also when the script failed half-way: what it
+**     registered still comes; a "not enough memory" logged in place of a
+**     callback is a lost completion); under "sticky", where no Lua code
+**     can run any more (not a poll, not a callback), none runs twice; a
+**     job that succeeded returned the right values.
 **
 ** An error is a clean outcome: weft_runtime_new returning NULL, a submit
 ** returning an error, "not enough memory" raised in the script or in a
@@ -759,14 +760,14 @@ static void workload(int workers) {
   }
   set_phase("lua_close");
   lua_close(L);
-  /* Under "sticky" nothing can run once memory is gone for good: a
-     callback that could not be called is excused when the log says so
-     (callbacks dropped with their state, callbacks that raised before
-     they could count themselves).  Under "once" memory comes back at
-     once, and the first thing a callback does is count itself: every
-     registered callback must run, and a "not enough memory" logged in
-     its place is a lost completion. */
-  long excused = A.sticky ? log_never_ran + log_callback_errs : 0;
+  /* Under "sticky" no Lua code can run once memory is gone for good: not
+     a poll, not a callback, not even the __gc that would log the
+     callbacks dropped with the state; a completion not delivered then is
+     not the engine's fault (a double one still is).  Under "once" memory
+     comes back at once, and the first thing a callback does is count
+     itself: every registered callback must run, and a "not enough
+     memory" logged in its place is a lost completion. */
+  long excused = A.sticky ? lost : 0;
   if (doubled > 0 || unasked > 0)
     fail(F_COMPLETION, "%d completions delivered twice, %d never registered "
          "(of %d tracked)", doubled, unasked, T.next);
