@@ -627,6 +627,18 @@ describe("hard cancel against hostile loops", function()
   -- to malloc) so that ThreadSanitizer runs deliver the cancel signal.
   local LOOP = 1
 
+  -- Cancels once started() holds, waits for f, checks that it ended as
+  -- canceled; returns how long after the cancel it ended.
+  local function cancel_and_time(f, cancel, started)
+    assert.is_true(started())
+    local t0 = weft.now()
+    cancel()
+    local ok, err = await(f, 10)
+    assert.is_false(ok)
+    assert.equal(CANCELED, err)
+    return weft.now() - t0
+  end
+
   it("stops a loop running inside a coroutine the job made", function()
     local p = one_worker()
     local token = token_of(p)
@@ -641,13 +653,7 @@ describe("hard cancel against hostile loops", function()
       end)
       return inner()
     end, started, LOOP)
-    assert.is_true(started:recv(bounded()))
-    local t0 = weft.now()
-    cancel()
-    local ok, err = await(f, 10)
-    local took = weft.now() - t0
-    assert.is_false(ok)
-    assert.equal(CANCELED, err)
+    local took = cancel_and_time(f, cancel, function() return started:recv(bounded()) end)
     survives(p, token)
     assert.is_true(took < LOOP / 2)
   end)
@@ -668,13 +674,9 @@ describe("hard cancel against hostile loops", function()
       end })
       s()
     end, LOOP, spin)
-    assert.is_true(eventually(function() return p:stats().running == 1 end))
-    local t0 = weft.now()
-    cancel()
-    local ok, err = await(f, 10)
-    local took = weft.now() - t0
-    assert.is_false(ok)
-    assert.equal(CANCELED, err)
+    local took = cancel_and_time(f, cancel, function()
+      return eventually(function() return p:stats().running == 1 end)
+    end)
     survives(p, token)
     if took >= LOOP / 2 then
       pending(("known limitation: hard cancel does not reach __close handlers run while a hard-canceled "
@@ -696,13 +698,7 @@ describe("hard cancel against hostile loops", function()
         return "slow message"
       end }))
     end, started, LOOP)
-    assert.is_true(started:recv(bounded()))
-    local t0 = weft.now()
-    cancel()
-    local ok, err = await(f, 10)
-    local took = weft.now() - t0
-    assert.is_false(ok)
-    assert.equal(CANCELED, err)
+    local took = cancel_and_time(f, cancel, function() return started:recv(bounded()) end)
     survives(p, token)
     assert.is_true(took < LOOP / 2)
   end)
