@@ -131,6 +131,10 @@ struct weft_pool {
 
 static const char worker_key = 0;    /* worker registry: the worker */
 static const char on_panic_key = 0;  /* worker registry: on_panic */
+static const char fallback_key[2] = {0};  /* worker registry: "(error)"
+                                        and "", kept interned so that
+                                        pushing them never allocates
+                                        (panicked_job) */
 
 /* ---------------------------------------------------------------------- */
 /* queues */
@@ -1067,6 +1071,10 @@ static int setup_k(lua_State *L) {
     lua_setfield(L, -2, "cpath");
   }
   lua_settop(L, 1);
+  lua_pushliteral(L, "(error)");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &fallback_key[0]);
+  lua_pushliteral(L, "");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &fallback_key[1]);
   lua_pushlightuserdata(L, w);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &worker_key);
   lua_getglobal(L, "require");

@@ -304,10 +304,10 @@ static binding *bind(lua_State *L, weft_runtime *rt, int owner) {
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  b->rt = rt;
-  b->owner = owner;
   b->inbox = NULL;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &binding_key);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &binding_key);  /* may raise */
+  b->rt = rt;  /* the binding holds the reference only once it is kept */
+  b->owner = owner;
   return b;
 }
 
@@ -328,7 +328,13 @@ int weft_runtime_open(weft_runtime *rt, lua_State *L) {
   weft_runtime_retain(rt);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     lua_pop(L, 1);
-    weft_runtime_release(rt);
+    /* the binding may have been made before the failure: then it holds
+       the reference, and drops it when L is closed */
+    binding *b = NULL;
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &binding_key) == LUA_TUSERDATA)
+      b = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (b == NULL || b->rt != rt) weft_runtime_release(rt);
     return -1;
   }
   return 0;
