@@ -361,19 +361,87 @@ static bool seen(enc *e, const void *p) {
   return false;
 }
 
-static const char count_key = 0;  /* index: entries of package.loaded */
+static const char stamp_key = 0;  /* index: stamp of package.loaded */
 
-/* Entries in package.loaded (no allocation). */
-static lua_Integer count_loaded(lua_State *L) {
-  lua_Integer n = 0;
+static uint64_t mix64(uint64_t x) {  /* splitmix64's finalizer */
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9u;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebu;
+  return x ^ (x >> 31);
+}
+
+/* One slot's identity: its object (strings are interned or held by the
+   table, so equal names give equal pointers while the index is alive),
+   else its type and value bits. */
+static uint64_t slot_id(lua_State *L, int i) {
+  const void *p = lua_topointer(L, i);
+  if (p != NULL) return (uint64_t)(uintptr_t)p;
+  uint64_t bits = 0;
+  if (lua_type(L, i) == LUA_TNUMBER) {
+    lua_Number n = lua_tonumber(L, i);
+    memcpy(&bits, &n, sizeof bits < sizeof n ? sizeof bits : sizeof n);
+  } else {
+    bits = (uint64_t)lua_toboolean(L, i);
+  }
+  return mix64(bits ^ (uint64_t)lua_type(L, i) << 56);
+}
+
+/* A stamp of package.loaded's name -> module pairs, independent of their
+   order (no allocation): replacing, removing or adding a module changes
+   it.  The index holds every module it names, so none of their addresses
+   can be reused while it is cached. */
+static lua_Integer stamp_loaded(lua_State *L) {
+  uint64_t h = 0;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
+    h += mix64(slot_id(L, -2) ^ mix64(slot_id(L, -1)));
     lua_pop(L, 1);
-    n++;
   }
   lua_pop(L, 1);
-  return n;
+  return (lua_Integer)h;
+}
+
+/* Pushes the name a C function takes in the index (a module table takes
+   its plain name): modlen (4 bytes) mod, then "." field for a module's
+   field.  With the module's length given, any byte may occur in either
+   part, and name + 4 reads "mod.field" in messages. */
+static void push_cname(lua_State *L, int mod, int field) {
+  size_t modlen, flen = 0;
+  const char *m = lua_tolstring(L, mod, &modlen);
+  const char *f = field ? lua_tolstring(L, field, &flen) : NULL;
+  uint32_t n32 = (uint32_t)modlen;
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, (const char *)&n32, 4);
+  luaL_addlstring(&b, m, modlen);
+  if (f != NULL) {
+    luaL_addchar(&b, '.');
+    luaL_addlstring(&b, f, flen);
+  }
+  luaL_pushresult(&b);
+}
+
+/* Pushes what a push_cname name (len > 4) names in L's package.loaded
+   (nil if nothing); returns the type of its module there. */
+static int resolve_cname(lua_State *L, const char *name, size_t len) {
+  uint32_t modlen;
+  memcpy(&modlen, name, 4);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, name + 4, modlen);
+  int t = lua_rawget(L, -2);
+  if (4 + modlen < len) {  /* a field of it */
+    if (t == LUA_TTABLE) {
+      lua_pushlstring(L, name + 5 + modlen, len - 5 - modlen);
+      lua_rawget(L, -2);
+    } else {
+      lua_pushnil(L);
+    }
+    lua_remove(L, -2);
+  }
+  lua_remove(L, -2);
+  return t;
 }
 
 /* Indexes module mod (at mod, its value above it) into index: the first
@@ -383,9 +451,7 @@ static void index_module(lua_State *L, int index, int mod) {
     lua_pushvalue(L, mod + 1);
     if (lua_rawget(L, index) == LUA_TNIL) {
       lua_pushvalue(L, mod + 1);
-      lua_pushvalue(L, mod);
-      lua_pushlstring(L, "", 1);
-      lua_concat(L, 2);
+      push_cname(L, mod, 0);
       lua_rawset(L, index);
     }
     lua_pop(L, 1);
@@ -405,10 +471,7 @@ static void index_module(lua_State *L, int index, int mod) {
       lua_pushvalue(L, -1);
       if (lua_rawget(L, index) == LUA_TNIL) {
         lua_pushvalue(L, -2);
-        lua_pushvalue(L, mod);
-        lua_pushlstring(L, "", 1);
-        lua_pushvalue(L, -6);
-        lua_concat(L, 3);
+        push_cname(L, mod, lua_gettop(L) - 3);
         lua_rawset(L, index);
       }
       lua_pop(L, 1);
@@ -419,8 +482,8 @@ static void index_module(lua_State *L, int index, int mod) {
 
 /*
 ** Pushes a new index of what package.loaded reaches: each module table ->
-** "mod", each C function -> "mod\0name" ("mod\0" for a module that is
-** itself a C function), and at count_key the number of modules.  A C
+** "mod", each C function -> its push_cname name, and at stamp_key the
+** stamp of package.loaded.  A C
 ** function several modules export (pl.utils.pack is table.pack) takes
 ** the name of a standard library first, which every state has.
 */
@@ -431,7 +494,6 @@ static void build_index(lua_State *L) {
                                     "package",   NULL};
   lua_newtable(L);
   int index = lua_gettop(L);
-  lua_Integer count = 0;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   for (int i = 0; std[i] != NULL; i++) {
     lua_pushstring(L, std[i]);
@@ -442,24 +504,23 @@ static void build_index(lua_State *L) {
   }
   lua_pushnil(L);
   while (lua_next(L, index + 1)) {  /* index loaded mod module */
-    count++;
     if (lua_type(L, index + 2) == LUA_TSTRING) index_module(L, index, index + 2);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
-  lua_pushinteger(L, count);
-  lua_rawsetp(L, index, &count_key);
+  lua_pushinteger(L, stamp_loaded(L));
+  lua_rawsetp(L, index, &stamp_key);
   lua_pushvalue(L, index);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &cfunc_key);
 }
 
 /* Makes the index current at e->cfuncs: the cached one while
-   package.loaded holds as many modules as when it was built. */
+   package.loaded holds the modules it was built from. */
 static void load_index(enc *e, bool rebuild) {
   lua_State *L = e->L;
   if (!rebuild && lua_rawgetp(L, LUA_REGISTRYINDEX, &cfunc_key) == LUA_TTABLE) {
-    lua_rawgetp(L, -1, &count_key);
-    bool fresh = lua_tointeger(L, -1) == count_loaded(L);
+    lua_rawgetp(L, -1, &stamp_key);
+    bool fresh = lua_tointeger(L, -1) == stamp_loaded(L);
     lua_pop(L, 1);
     if (fresh) {
       lua_replace(L, e->cfuncs);
@@ -502,13 +563,22 @@ static void encode_udata(enc *e, int v) {
 }
 
 /* The name of v (a C function or a table) in the index: pushes it, or
-   returns false.  A C function missing from the index rebuilds it once. */
+   returns false.  A C function missing from the index, or whose name
+   there no longer leads to it, rebuilds it once. */
 static bool loaded_name(enc *e, int v) {
   lua_State *L = e->L;
   if (lua_isnil(L, e->cfuncs)) load_index(e, false);
   for (int rebuilt = 0;; rebuilt = 1) {
     lua_pushvalue(L, v);
-    if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) return true;
+    if (lua_rawget(L, e->cfuncs) == LUA_TSTRING) {
+      if (!lua_iscfunction(L, v)) return true;  /* the stamp vouches */
+      size_t len;  /* a module's field may have changed since */
+      const char *name = lua_tolstring(L, -1, &len);
+      resolve_cname(L, name, len);
+      bool same = lua_rawequal(L, -1, v);
+      lua_pop(L, 1);
+      if (same) return true;
+    }
     lua_pop(L, 1);
     if (rebuilt || !lua_iscfunction(L, v)) return false;
     load_index(e, true);
@@ -902,23 +972,9 @@ static void push_cfunc(dec *d) {
   size_t len = (size_t)get_varint(d);
   const char *name = (const char *)d->b->data + d->pos;
   d->pos += len;
-  size_t modlen = strlen(name);  /* "mod\0field" */
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushlstring(L, name, modlen);
-  int t = lua_rawget(L, -2);
-  if (modlen + 1 < len && t == LUA_TTABLE) {
-    lua_pushlstring(L, name + modlen + 1, len - modlen - 1);
-    lua_rawget(L, -2);
-    lua_remove(L, -2);
-  }
-  lua_remove(L, -2);
+  int t = resolve_cname(L, name, len);
   if (lua_tocfunction(L, -1) != fn) {  /* name it: "mod.field" or "mod" */
-    lua_pushlstring(L, name, modlen);
-    if (modlen + 1 < len) {
-      lua_pushliteral(L, ".");
-      lua_pushlstring(L, name + modlen + 1, len - modlen - 1);
-      lua_concat(L, 3);
-    }
+    lua_pushlstring(L, name + 4, len - 4);
     luaL_error(L, "cannot copy C function %s: %s in the receiving state",
                lua_tostring(L, -1),
                t == LUA_TNIL ? "its module is not loaded"

@@ -273,6 +273,50 @@ describe("weft.copy", function()
       assert.equal(42, r.answer)
     end)
 
+    it("copies a module replaced in package.loaded by value", function()
+      local old = { answer = 42 }
+      package.loaded["weft_spec_swap"] = old
+      assert.equal(old, copy(old))
+      package.loaded["weft_spec_swap"] = { answer = 0 }  -- same count
+      local r = copy(old)
+      package.loaded["weft_spec_swap"] = nil
+      assert.are_not.equal(old, r)
+      assert.equal(42, r.answer)
+    end)
+
+    it("finds a module added as another is removed", function()
+      package.loaded["weft_spec_gone"] = {}
+      copy({})
+      package.loaded["weft_spec_gone"] = nil
+      local mod = {}
+      package.loaded["weft_spec_new"] = mod  -- same count
+      local ok, r = pcall(copy, mod)
+      package.loaded["weft_spec_new"] = nil
+      assert.is_true(ok, r)
+      assert.equal(mod, r)
+    end)
+
+    it("follows a C function moved to another field of its module", function()
+      local fn = coroutine.wrap(function() end)
+      package.loaded["weft_spec_move"] = { a = fn }
+      assert.equal(fn, copy(fn))
+      package.loaded.weft_spec_move.a = nil
+      package.loaded.weft_spec_move.b = fn
+      local ok, r = pcall(copy, fn)
+      package.loaded["weft_spec_move"] = nil
+      assert.is_true(ok, r)
+      assert.equal(fn, r)
+    end)
+
+    it("copies C functions of a module whose name holds a zero byte", function()
+      local fn = coroutine.wrap(function() end)
+      package.loaded["weft\0spec"] = { f = fn }
+      local ok, r = pcall(copy, { f = fn })
+      package.loaded["weft\0spec"] = nil
+      assert.is_true(ok, r)
+      assert.equal(fn, r.f)
+    end)
+
     it("refuses one that package.loaded does not reach", function()
       local wrapped = coroutine.wrap(function() end)
       assert.matches("^args%[1%]%.f: cannot copy C function %(not found in package.loaded%)$",
