@@ -181,22 +181,20 @@ static int submit_result(lua_State *L, int r, weft_future *f) {
 }
 
 /* A submit's checked arguments, and its encoded call (fn and arguments)
-   in a guard pushed at the top. */
+   in a guard (submit_k: at kc - 1). */
 typedef struct call {
   weft_pool *pool;
   weft_ctx *ctx;
   void **guard;
 } call;
 
-static call prepare_call(lua_State *L) {
-  call c;
-  c.pool = check_pool(L, 1);
-  c.ctx = weft_check_ctx(L, 2);
+/* Pushes the guard of the call of submit(pool, ctx, fn, ...). */
+static void push_call(lua_State *L) {
+  check_pool(L, 1);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int n = lua_gettop(L) - 2;
-  c.guard = weft_guard_buf(L);
-  *c.guard = weft_buf_encode(L, 3, n, "args", 1);
-  return c;
+  void **g = weft_guard_buf(L);
+  *g = weft_buf_encode(L, 3, n, "args", 1);
 }
 
 /* Tries the submit once without blocking: pushes its results and returns
@@ -210,10 +208,33 @@ static int submit_once(lua_State *L, const call *c, bool saturated) {
   return submit_result(L, r, f);
 }
 
-static int p_try_submit(lua_State *L) {
-  call c = prepare_call(L);
-  return submit_once(L, &c, true);
+/*
+** The common case, with no guard (a finalized userdata per call cost more
+** than the rest of a submit): the future's handle is pushed before the
+** call is encoded, and nothing raises between the encoding and the handle
+** owning the future.  Returns the results' count, or 0 (nothing pushed)
+** when the pool is full and the caller goes the guarded way.
+*/
+static int submit_fast(lua_State *L, bool saturated) {
+  weft_pool *pool = check_pool(L, 1);
+  weft_ctx *ctx = weft_check_ctx(L, 2);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  int n = lua_gettop(L) - 2;
+  weft_push_unbound(L, &weft_future_class);
+  weft_buf *b = weft_buf_encode(L, 3, n, "args", 1);
+  weft_future *f = NULL;
+  int r = weft_pool_try_submit(pool, ctx, b, &f);
+  if (r == WEFT_SUBMIT_OK) {
+    weft_bind_handle(L, -1, (weft_object *)f);
+    return 1;
+  }
+  weft_buf_release(b);
+  lua_pop(L, 1);
+  if (r == WEFT_SUBMIT_FULL && !saturated) return 0;
+  return submit_result(L, r, NULL);
 }
+
+static int p_try_submit(lua_State *L) { return submit_fast(L, true); }
 
 /* stack: pool, ctx, ..., guard (call) at kc - 1, block at kc */
 static int submit_k(lua_State *L, int status, lua_KContext kc) {
@@ -242,11 +263,11 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
 }
 
 static int p_submit(lua_State *L) {
-  call c = prepare_call(L);
-  if (weft_ctx_err(c.ctx) == WEFT_LIVE) {  /* fast path: room now, no block */
-    int n = submit_once(L, &c, false);
+  if (weft_ctx_err(weft_check_ctx(L, 2)) == WEFT_LIVE) {
+    int n = submit_fast(L, false);
     if (n > 0) return n;
   }
+  push_call(L);  /* the pool is full (or ctx ended): wait, guarded */
   weft_block_new(L);
   return submit_k(L, LUA_OK, lua_gettop(L));
 }

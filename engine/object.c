@@ -55,21 +55,31 @@ static void push_cache(lua_State *L) {
   }
 }
 
+void weft_push_unbound(lua_State *L, const weft_class *cls) {
+  handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
+  h->obj = NULL;  /* no reference until it is bound */
+  luaL_setmetatable(L, cls->name);
+}
+
+void weft_bind_handle(lua_State *L, int idx, weft_object *o) {
+  idx = lua_absindex(L, idx);
+  ((handle *)lua_touserdata(L, idx))->obj = o;  /* owns it from here */
+  push_cache(L);
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, -2, o);
+  lua_pop(L, 1);
+}
+
 void weft_push_object(lua_State *L, weft_object *o) {
   push_cache(L);
   if (lua_rawgetp(L, -1, o) == LUA_TUSERDATA) {
     lua_remove(L, -2);
     return;
   }
-  lua_pop(L, 1);
-  handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
-  h->obj = NULL;  /* no reference until the metatable (and __gc) is set */
-  luaL_setmetatable(L, o->cls->name);
+  lua_pop(L, 2);
+  weft_push_unbound(L, o->cls);
   weft_retain(o);
-  h->obj = o;
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, -3, o);
-  lua_remove(L, -2);
+  weft_bind_handle(L, -1, o);
 }
 
 weft_object *weft_to_object(lua_State *L, int idx) {

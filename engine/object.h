@@ -41,6 +41,16 @@ void weft_release(weft_object *o);
 */
 void weft_push_object(lua_State *L, weft_object *o);
 
+/*
+** For a call that makes an object: push its handle first, while a failure
+** owns nothing (weft_push_unbound; __gc and methods see a released
+** handle), then bind the new object to it, handing over the caller's
+** reference (weft_bind_handle: the handle owns o before anything can
+** raise).  Both may raise a memory error.
+*/
+void weft_push_unbound(lua_State *L, const weft_class *cls);
+void weft_bind_handle(lua_State *L, int idx, weft_object *o);
+
 /* The object of handle at idx if it is a weft handle of any class, else NULL. */
 weft_object *weft_to_object(lua_State *L, int idx);
 

@@ -75,6 +75,8 @@ struct worker {
   pthread_cond_t cv;
   weft_job *ready, *ready_tail;  /* mu: woken jobs, to resume */
   bool kicked;                   /* mu */
+  atomic_bool poked;             /* set under mu with kicked or a push to
+                                    ready: what an idle spin watches */
   int nparked;                   /* mu: its jobs parked, not woken */
   _Atomic(weft_job *) current;   /* written by the worker thread only */
   _Atomic(lua_State *) inner;    /* the coroutine the job resumed, if any
@@ -86,6 +88,7 @@ struct worker {
   size_t warning_len;
   bool warnings_off;
   size_t mem;                    /* the state's bytes (its thread only) */
+  int unswept;                   /* jobs since the last collector step */
   atomic_size_t mem_seen;        /* mem, for other threads */
   atomic_bool preempt;           /* cooperative: the poll's time is up */
   weft_timer_entry preempt_at;   /* cooperative: fires at a poll's end */
@@ -158,16 +161,22 @@ static weft_job *pop(weft_job **head, weft_job **tail) {
   return j;
 }
 
-/* Wakes one sleeping worker for a new job; p->mu held. */
+/* Wakes w (spinning or asleep): it looks for work again. */
+static void kick(worker *w) {
+  pthread_mutex_lock(&w->mu);
+  w->kicked = true;
+  atomic_store_explicit(&w->poked, true, memory_order_relaxed);
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* Wakes one idle worker for a new job; p->mu held. */
 static void kick_idle(weft_pool *p) {
   worker *w = p->idle;
   if (w == NULL) return;
   p->idle = w->idle_next;
   w->idle = false;
-  pthread_mutex_lock(&w->mu);
-  w->kicked = true;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
+  kick(w);
 }
 
 /*
@@ -193,10 +202,7 @@ static bool defer_new_job(weft_pool *p, worker *w) {
     if (!free) continue;
     *at = o->idle_next;  /* as kick_idle does, for o */
     o->idle = false;
-    pthread_mutex_lock(&o->mu);
-    o->kicked = true;
-    pthread_cond_signal(&o->cv);
-    pthread_mutex_unlock(&o->mu);
+    kick(o);
     return true;
   }
   return false;
@@ -408,6 +414,7 @@ void weft_job_wake(weft_job *j) {
     atomic_fetch_sub(&j->pool->parked, 1);
     j->ready = true;
     push(&w->ready, &w->ready_tail, j);
+    atomic_store_explicit(&w->poked, true, memory_order_relaxed);
     pthread_cond_signal(&w->cv);
   } else {
     j->wake_pending = true;  /* it has not parked yet: do not let it */
@@ -525,13 +532,11 @@ static void detect_deadlock(weft_pool *p) {
 */
 #define SPIN_IDLE_SECONDS 20e-6
 
-static bool has_work(void *ud) {
-  worker *w = ud;
-  return w->ready != NULL || w->kicked;
-}
-
+/* w->mu held: spins, unless there is work already. */
 static void spin(worker *w) {
-  weft_spin(&w->mu, has_work, w,
+  if (w->ready != NULL || w->kicked) return;
+  atomic_store_explicit(&w->poked, false, memory_order_relaxed);
+  weft_spin(&w->mu, &w->poked,
             w->nparked > 0 ? WEFT_SPIN_SECONDS : SPIN_IDLE_SECONDS);
 }
 
@@ -1146,6 +1151,18 @@ static bool worker_open(worker *w, char *err, size_t errlen) {
 }
 
 /*
+** No creep from job to job: the collector takes a step every GC_EVERY
+** jobs and when the worker runs out of work (a step per job cost more
+** than a trivial job: it marked the whole state again and again).
+*/
+#define GC_EVERY 16
+
+static void gc_step(worker *w) {
+  w->unswept = 0;
+  lua_gc(w->L, LUA_GCSTEP, 0);
+}
+
+/*
 ** Runs one job slice: a woken job, else a new one (unless it is left to
 ** an idle worker).  Returns false when there was none: then p->mu is held
 ** (the caller decides whether to sleep or stop).
@@ -1173,10 +1190,9 @@ static bool step(worker *w) {
   p->nactive++;
   pthread_mutex_unlock(&p->mu);
   run(w, j, true);
-  /* no creep from job to job; and a job's collectgarbage("stop") is not
-     left to the next ones */
+  /* a job's collectgarbage("stop") is not left to the next ones */
   if (!lua_gc(w->L, LUA_GCISRUNNING)) lua_gc(w->L, LUA_GCRESTART);
-  lua_gc(w->L, LUA_GCSTEP, 0);
+  if (++w->unswept >= GC_EVERY) gc_step(w);
   return true;
 }
 
@@ -1207,6 +1223,11 @@ static void *worker_main(void *arg) {
     if (p->stopping) {
       pthread_mutex_unlock(&p->mu);
       break;
+    }
+    if (w->unswept > 0) {  /* out of work: sweep first, then look again */
+      pthread_mutex_unlock(&p->mu);
+      gc_step(w);
+      continue;
     }
     if (!w->idle) {
       w->idle = true;
@@ -1380,6 +1401,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
     atomic_init(&w->mem_seen, 0);
     atomic_init(&w->preempt, false);
     atomic_init(&w->inner, NULL);
+    atomic_init(&w->poked, false);
     w->preempt_at.index = SIZE_MAX;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
@@ -1528,10 +1550,7 @@ void weft_pool_join(weft_pool *p) {
   for (int i = 0; i < p->nworkers; i++) {
     worker *w = &p->workers[i];
     if (!w->started) continue;
-    pthread_mutex_lock(&w->mu);
-    w->kicked = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    kick(w);
     pthread_join(w->thread, NULL);
     w->started = false;
   }

@@ -88,30 +88,26 @@ static void cpu_relax(void) {
 #endif
 }
 
-void weft_spin(pthread_mutex_t *mu, bool (*done)(void *), void *ud,
-               double seconds) {
-  double until = 0;
-  for (int round = 0; !done(ud); round++) {
-    if (round == 0)
-      until = weft_now() + seconds;
-    else if (round % 8 == 7 && weft_now() >= until)
-      return;
-    pthread_mutex_unlock(mu);
+void weft_spin(pthread_mutex_t *mu, const atomic_bool *flag, double seconds) {
+  if (atomic_load_explicit(flag, memory_order_relaxed)) return;
+  pthread_mutex_unlock(mu);
+  double until = weft_now() + seconds;
+  for (int round = 0; !atomic_load_explicit(flag, memory_order_relaxed);
+       round++) {
     if (round < 8)
       for (int i = 0; i < 16; i++) cpu_relax();
     else
       sched_yield();  /* a thread sharing our core may be the waker */
-    pthread_mutex_lock(mu);
+    if (round % 8 == 7 && weft_now() >= until) break;
   }
+  pthread_mutex_lock(mu);
 }
-
-static bool park_woken(void *p) { return ((weft_park *)p)->woken; }
 
 /* A wake-up (a job finishing, a cancel) often comes within microseconds,
    sooner than a sleeping thread is woken and scheduled again: spin first. */
 void weft_park_block(weft_park *p) {
   pthread_mutex_lock(&p->mu);
-  weft_spin(&p->mu, park_woken, p, WEFT_SPIN_SECONDS);
+  weft_spin(&p->mu, &p->woken, WEFT_SPIN_SECONDS);
   while (!p->woken) pthread_cond_wait(&p->cv, &p->mu);
   p->woken = false;
   pthread_mutex_unlock(&p->mu);

@@ -9,6 +9,7 @@
 #define WEFT_WAIT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include <lua.h>
@@ -41,7 +42,7 @@ typedef struct weft_park {
   struct weft_job *job;
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  bool woken;
+  atomic_bool woken;  /* written under mu */
 } weft_park;
 
 /* Sets p up for the calling context of L (job mode when L is a job's own
@@ -55,14 +56,15 @@ void weft_park_wake(weft_park *p);
 void weft_park_block(weft_park *p);
 
 /*
-** Spins until done(ud), for at most `seconds`, before a thread goes to
-** sleep on a condition variable: mu (guarding what done reads) is held on
-** entry and on return, released while spinning; after the first rounds
-** the CPU is yielded between checks.
+** Spins until *flag is set, for at most `seconds`, before a thread goes
+** to sleep on a condition variable: mu is held on entry and on return,
+** released while spinning.  The flag is read without the lock (a spinner
+** taking the lock round after round made the waker contend for it); the
+** wakers set it under mu, and the caller checks its real condition under
+** mu after.  After the first rounds the CPU is yielded between checks.
 */
 #define WEFT_SPIN_SECONDS 50e-6
-void weft_spin(pthread_mutex_t *mu, bool (*done)(void *), void *ud,
-               double seconds);
+void weft_spin(pthread_mutex_t *mu, const atomic_bool *flag, double seconds);
 
 /* A waiter that wakes a park. */
 typedef struct weft_park_waiter {
