@@ -29,6 +29,7 @@ build = {
   modules = {
     ["weft.core"] = {
       sources = {
+        "engine/alloc.c",
         "engine/channel.c",
         "engine/context.c",
         "engine/exec.c",

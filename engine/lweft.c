@@ -108,8 +108,10 @@ static int l_bind_duration(lua_State *L) {
    in this runtime (leak checks). */
 static int l_engine_live(lua_State *L) {
   weft_runtime *rt = weft_runtime_of(L);
-  lua_pushinteger(L, (lua_Integer)atomic_load(&rt->live_blocks));
-  lua_pushinteger(L, (lua_Integer)atomic_load(&rt->live_bytes));
+  long blocks, bytes;
+  weft_alloc_live(rt, &blocks, &bytes);
+  lua_pushinteger(L, (lua_Integer)blocks);
+  lua_pushinteger(L, (lua_Integer)bytes);
   return 2;
 }
 

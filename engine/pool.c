@@ -36,6 +36,7 @@
 typedef struct worker worker;
 
 #define LAT_BUCKETS 160  /* 4 per octave from 1 microsecond: 40 octaves */
+#define SPARE_COROUTINES 8  /* a worker's finished coroutines kept for reuse */
 
 struct weft_job {
   weft_pool *pool;
@@ -89,6 +90,9 @@ struct worker {
   bool warnings_off;
   size_t mem;                    /* the state's bytes (its thread only) */
   int unswept;                   /* jobs since the last collector step */
+  lua_State *spare[SPARE_COROUTINES];  /* finished job coroutines, clean */
+  int spare_ref[SPARE_COROUTINES];     /* their registry references */
+  int nspare;
   atomic_size_t mem_seen;        /* mem, for other threads */
   atomic_bool preempt;           /* cooperative: the poll's time is up */
   weft_timer_entry preempt_at;   /* cooperative: fires at a poll's end */
@@ -597,11 +601,29 @@ static double latency_quantile(weft_pool *p, double q) {
 }
 
 /* Resolves the job's future, drops its coroutine, gives its slot back. */
+/*
+** A coroutine that returned (status OK, empty stack, no hook left by a
+** cancel) starts the next job as a new one would (lua_resume with a
+** function on an empty stack), sparing a thread, a registry slot and
+** their collection per job.  Any other is dropped to the collector.
+*/
+static void keep_or_drop(worker *w, weft_job *j) {
+  lua_State *co = j->co;
+  if (w->nspare < SPARE_COROUTINES && co != NULL &&
+      lua_status(co) == LUA_OK && lua_gettop(co) == 0 &&
+      lua_gethook(co) == NULL) {
+    w->spare[w->nspare] = co;
+    w->spare_ref[w->nspare++] = j->co_ref;
+  } else {
+    luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
+  }
+}
+
 static void finish(worker *w, weft_job *j, int outcome, int state,
                    weft_buf *result) {
   weft_pool *p = w->pool;
   if (j->watching) weft_ctx_remove_waiter(j->ctx, &j->cancel);
-  if (j->co_ref != LUA_NOREF) luaL_unref(w->L, LUA_REGISTRYINDEX, j->co_ref);
+  if (j->co_ref != LUA_NOREF) keep_or_drop(w, j);
   double latency = weft_now() - j->submitted_at;
   /* Counted and slot freed under p->mu, then the future resolved with no
      lock held (its wake-up is a syscall: under p->mu it made the woken
@@ -671,8 +693,16 @@ static weft_buf *string_buf(lua_State *L, const char *s) {
    coroutine and puts fn, ctx, args... on it. */
 static int start_k(lua_State *L) {
   weft_job *j = lua_touserdata(L, 1);
-  lua_State *co = lua_newthread(L);
-  j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* anchors co; pops it */
+  worker *w = j->w;
+  lua_State *co;
+  if (w->nspare > 0) {
+    w->nspare--;
+    co = w->spare[w->nspare];
+    j->co_ref = w->spare_ref[w->nspare];
+  } else {
+    co = lua_newthread(L);
+    j->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* anchors co; pops it */
+  }
   j->co = co;
   int n = weft_buf_decode(co, j->call);
   weft_push_object(co, (weft_object *)j->ctx);
@@ -759,11 +789,35 @@ static void job_epilogue_end(worker *w) {
   lua_sethook(w->L, NULL, 0, 0);
 }
 
+/* Whether j was stopped by close or its context: it ends as canceled,
+   whatever it raised. */
+static bool job_stopped(weft_job *j) {
+  return atomic_load(&j->killed) || weft_ctx_err(j->ctx) != WEFT_LIVE;
+}
+
+static void finish_stopped(worker *w, weft_job *j) {
+  int err = weft_ctx_err(j->ctx);
+  const char *msg = atomic_load(&j->killed) ? WEFT_KILLED_MSG
+                                            : weft_ctx_errmsg(err);
+  finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, string_buf(w->L, msg));
+}
+
 static void panicked_job(worker *w, weft_job *j, int status) {
   lua_State *L = w->L, *co = j->co;
   weft_pool *p = w->pool;
   int top = lua_gettop(L);
   job_epilogue_begin(w, j);
+  /* A job stopped by its context or by close reports that: no message or
+     traceback of its error to make (ending is final, so checking first
+     decides as checking last would). */
+  if (job_stopped(j)) {
+    lua_pop(co, 1);  /* the error */
+    lua_resetthread(co);  /* runs its __close handlers */
+    lua_settop(co, 0);
+    job_epilogue_end(w);
+    finish_stopped(w, j);
+    return;
+  }
   /* the error value, its message and the traceback of the dead coroutine */
   lua_xmove(co, L, 1);
   int orig = top + 1, msg = top + 2, tb = top + 3;
@@ -812,16 +866,9 @@ static void panicked_job(worker *w, weft_job *j, int status) {
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) lua_replace(L, msg);
     else lua_pop(L, 1);  /* keep "not enough memory" */
   }
-  if (atomic_load(&j->killed)) {  /* stopped by pool:close(timeout) */
-    weft_buf *b = string_buf(L, WEFT_KILLED_MSG);
+  if (job_stopped(j)) {  /* it came during the report (it interrupts it) */
     lua_settop(L, top);
-    finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, b);
-    return;
-  }
-  if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* it ended with its context */
-    weft_buf *b = string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx)));
-    lua_settop(L, top);
-    finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, b);
+    finish_stopped(w, j);
     return;
   }
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &on_panic_key) == LUA_TFUNCTION) {
@@ -857,13 +904,8 @@ static void run(worker *w, weft_job *j, bool start) {
   weft_pool *p = w->pool;
   int nargs = 0;
   if (start) {
-    if (atomic_load(&j->killed)) {  /* pool:close(timeout) came first */
-      finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, string_buf(L, WEFT_KILLED_MSG));
-      return;
-    }
-    if (weft_ctx_err(j->ctx) != WEFT_LIVE) {  /* ended while it waited */
-      finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR,
-             string_buf(L, weft_ctx_errmsg(weft_ctx_err(j->ctx))));
+    if (job_stopped(j)) {  /* close or its context came first */
+      finish_stopped(w, j);
       return;
     }
     lua_pushcfunction(L, start_k);

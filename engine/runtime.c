@@ -1,9 +1,10 @@
 /*
 ** runtime.c: creation, binding to lua_States, and teardown of runtimes.
 **
-** Owns: the runtime struct, its allocator, hooks and log sink, the
-** registry binding that tells a lua_State which runtime it uses, the
-** registered host types, and shutdown (weft_runtime_close).
+** Owns: the runtime struct, its hooks and log sink (the engine's memory
+** is alloc.c's), the registry binding that tells a lua_State which
+** runtime it uses, the registered host types, and shutdown
+** (weft_runtime_close).
 ** Locking: the reference count is atomic; rt->mu guards the closing flag,
 ** the list of pools (pool.c), the host requests (host.c) and type
 ** registration (readers go lock-free through the published count).  The
@@ -44,33 +45,6 @@ static void *default_alloc(void *ud, void *p, size_t osize, size_t nsize) {
     return NULL;
   }
   return realloc(p, nsize);
-}
-
-/* Engine allocations are counted (blocks and bytes live), so leak checks
-   can see the engine's memory come back to where it was. */
-void *weft_alloc(weft_runtime *rt, size_t n) {
-  void *p = rt->alloc(rt->alloc_ud, NULL, 0, n);
-  if (p != NULL) {
-    atomic_fetch_add_explicit(&rt->live_blocks, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&rt->live_bytes, (long)n, memory_order_relaxed);
-  }
-  return p;
-}
-
-void *weft_realloc(weft_runtime *rt, void *p, size_t osize, size_t nsize) {
-  if (p == NULL) return weft_alloc(rt, nsize);
-  void *q = rt->alloc(rt->alloc_ud, p, osize, nsize);
-  if (q != NULL)
-    atomic_fetch_add_explicit(&rt->live_bytes, (long)nsize - (long)osize,
-                              memory_order_relaxed);
-  return q;
-}
-
-void weft_free(weft_runtime *rt, void *p, size_t n) {
-  if (p == NULL) return;
-  rt->alloc(rt->alloc_ud, p, n, 0);
-  atomic_fetch_sub_explicit(&rt->live_blocks, 1, memory_order_relaxed);
-  atomic_fetch_sub_explicit(&rt->live_bytes, (long)n, memory_order_relaxed);
 }
 
 double weft_now(void) {
@@ -115,18 +89,22 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   atomic_init(&rt->pending, 0);
   atomic_init(&rt->ntypes, 0);
   atomic_init(&rt->hosted, false);
-  atomic_init(&rt->live_blocks, 0);
-  atomic_init(&rt->live_bytes, 0);
   rt->alloc = alloc;
   rt->alloc_ud = cfg->alloc_ud;
   rt->cfg = *cfg;
   rt->cfg.name = rt->cfg.lua_path = rt->cfg.lua_cpath = NULL;  /* not kept */
+  if (!weft_alloc_init(rt)) {
+    set_err(err, errlen, "cannot initialize a mutex");
+    alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
+    return NULL;
+  }
   int e = pthread_mutex_init(&rt->mu, NULL);
   if (e == 0) {
     e = weft_timer_init(&rt->timer, rt);
     if (e != 0) pthread_mutex_destroy(&rt->mu);
   }
   if (e != 0) {
+    weft_alloc_destroy(rt);
     set_err(err, errlen, strerror(e));
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
@@ -192,6 +170,7 @@ void weft_runtime_release(weft_runtime *rt) {
   weft_timer_destroy(&rt->timer);
   weft_ctx_release(rt->background);
   pthread_mutex_destroy(&rt->mu);
+  weft_alloc_destroy(rt);
   rt->alloc(rt->alloc_ud, rt, sizeof *rt, 0);  /* not counted: not weft_free */
 }
 
@@ -260,8 +239,7 @@ int weft_runtime_udtype(weft_runtime *rt, lua_State *L, int idx) {
 void weft_runtime_stats(weft_runtime *rt, weft_stats *s) {
   memset(s, 0, sizeof *s);
   s->pending_callbacks = atomic_load(&rt->pending);
-  s->engine_blocks = atomic_load(&rt->live_blocks);
-  s->engine_bytes = atomic_load(&rt->live_bytes);
+  weft_alloc_live(rt, &s->engine_blocks, &s->engine_bytes);
   if (rt->pool == NULL) return;
   weft_pool_stats ps;
   weft_pool_get_stats(rt->pool, &ps);

@@ -30,6 +30,21 @@ typedef struct weft_udtype {
   void *ud;
 } weft_udtype;
 
+/* alloc.c: a size class of cached free blocks, and a shard of the live
+   counts (each padded to its own cache line). */
+#define WEFT_CACHE_CLASSES 4  /* 64, 128, 256 and 512 bytes */
+#define WEFT_ALLOC_SHARDS 8
+typedef struct weft_block_cache {
+  pthread_mutex_t mu;
+  void *head;  /* mu: free blocks, each linked through its first word */
+  int n;
+  char pad[64 - sizeof(void *) - sizeof(int)];
+} weft_block_cache;
+typedef struct weft_alloc_shard {
+  atomic_long blocks, bytes;
+  char pad[64 - 2 * sizeof(atomic_long)];
+} weft_alloc_shard;
+
 struct weft_runtime {
   atomic_long refs;          /* host, bound states, live objects */
   lua_Alloc alloc;
@@ -46,15 +61,23 @@ struct weft_runtime {
   struct weft_hostreq *reqs, *reqs_tail;  /* weft.on_host calls */
   bool closing;
   atomic_long pending;       /* completions queued for a poll */
-  atomic_long live_blocks, live_bytes;  /* engine allocations (weft_alloc) */
+  bool cache_on;              /* alloc.c: set at creation */
+  weft_block_cache cache[WEFT_CACHE_CLASSES];
+  weft_alloc_shard live[WEFT_ALLOC_SHARDS];  /* engine allocations */
   weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
   atomic_int ntypes;
 };
 
-/* Engine allocations through the runtime's allocator; NULL on failure. */
+/* Engine allocations through the runtime's allocator and its cache of
+   small blocks (alloc.c); NULL on failure.  Any thread. */
 void *weft_alloc(weft_runtime *rt, size_t n);
 void *weft_realloc(weft_runtime *rt, void *p, size_t osize, size_t nsize);
 void weft_free(weft_runtime *rt, void *p, size_t n);
+/* The engine's live blocks and bytes (weft_alloc minus weft_free). */
+void weft_alloc_live(weft_runtime *rt, long *blocks, long *bytes);
+/* At creation (false: no memory) and at the very end of a runtime. */
+bool weft_alloc_init(weft_runtime *rt);
+void weft_alloc_destroy(weft_runtime *rt);
 
 void weft_runtime_retain(weft_runtime *rt);
 void weft_runtime_release(weft_runtime *rt);

@@ -69,7 +69,7 @@
 #include <lualib.h>
 
 #include "object.h"  /* weft_to_object, weft_push_object: handles */
-#include "runtime.h" /* live engine allocations (rt->live_blocks/bytes) */
+#include "runtime.h" /* live engine allocations (weft_alloc_live) */
 #include "value.h"
 #include "weft.h"
 
@@ -181,6 +181,10 @@ static weft_runtime *runtime(void) {
     if (cfg.alloc_ud == NULL) die("out of memory");
     ((memctl *)cfg.alloc_ud)->left = -1;
     char err[128];
+    /* every engine allocation reaches fuzz_alloc, so a failure injected
+       at the Nth one does not depend on earlier inputs (the block cache
+       would carry blocks from one input to the next) */
+    setenv("WEFT_NO_BLOCK_CACHE", "1", 1);
     shared_runtime = weft_runtime_new(&cfg, err, sizeof err);
     if (shared_runtime == NULL) die("weft_runtime_new: %s", err);
     if (weft_register_type(shared_runtime, BOX_MT, box_out, box_in, NULL) != 0)
@@ -1920,7 +1924,8 @@ static void check_array(lua_State *A, lua_State *B, weft_buf *b,
 
 static void check_engine(weft_runtime *rt, long blocks, long bytes,
                          const char *when) {
-  long nb = atomic_load(&rt->live_blocks), nn = atomic_load(&rt->live_bytes);
+  long nb, nn;
+  weft_alloc_live(rt, &nb, &nn);
   if (nb != blocks || nn != bytes)
     die("engine memory %s: %ld blocks, %ld bytes (expected %ld, %ld)", when,
         nb, nn, blocks, bytes);
@@ -2031,8 +2036,8 @@ static void run(weft_runtime *rt, const uint8_t *data, size_t size) {
         "nocall %d, fail %d%c%ld\n", size, f.in.i, n, must, may,
         f.env_altered, f.env_mixed, f.nocall, f.fail_phase,
         f.fail_engine ? 'e' : 'l', f.fail_after);
-  long blocks = atomic_load(&rt->live_blocks);
-  long bytes = atomic_load(&rt->live_bytes);
+  long blocks, bytes;
+  weft_alloc_live(rt, &blocks, &bytes);
   enc_job j = {0, root, index, NULL};
   arm_fail(&f, PH_ENCODE_A, rt, &mem[0]);
   int st = encode(A, 1, n, &j);
@@ -2149,8 +2154,8 @@ done:
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   weft_runtime *rt = runtime();
-  long blocks = atomic_load(&rt->live_blocks);
-  long bytes = atomic_load(&rt->live_bytes);
+  long blocks, bytes;
+  weft_alloc_live(rt, &blocks, &bytes);
   run(rt, data, size < INPUT_CAP ? size : INPUT_CAP);
   check_engine(rt, blocks, bytes, "after the states are closed");
   return 0;
