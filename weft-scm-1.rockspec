@@ -31,6 +31,7 @@ build = {
       sources = {
         "engine/channel.c",
         "engine/context.c",
+        "engine/cycle.c",
         "engine/exec.c",
         "engine/future.c",
         "engine/host.c",

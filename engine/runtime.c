@@ -121,10 +121,18 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   rt->alloc_ud = cfg->alloc_ud;
   rt->cfg = *cfg;
   rt->cfg.name = rt->cfg.lua_path = rt->cfg.lua_cpath = NULL;  /* not kept */
+  atomic_init(&rt->gcq, NULL);
   int e = pthread_mutex_init(&rt->mu, NULL);
   if (e == 0) {
-    e = weft_timer_init(&rt->timer, rt);
+    e = pthread_mutex_init(&rt->gcmu, NULL);
     if (e != 0) pthread_mutex_destroy(&rt->mu);
+  }
+  if (e == 0) {
+    e = weft_timer_init(&rt->timer, rt);
+    if (e != 0) {
+      pthread_mutex_destroy(&rt->gcmu);
+      pthread_mutex_destroy(&rt->mu);
+    }
   }
   if (e != 0) {
     set_err(err, errlen, strerror(e));
@@ -135,6 +143,7 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   if (rt->background == NULL) {
     set_err(err, errlen, "not enough memory");
     weft_timer_destroy(&rt->timer);
+    pthread_mutex_destroy(&rt->gcmu);
     pthread_mutex_destroy(&rt->mu);
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
@@ -191,6 +200,7 @@ void weft_runtime_release(weft_runtime *rt) {
   weft_timer_stop(&rt->timer);  /* no-op when already stopped */
   weft_timer_destroy(&rt->timer);
   weft_ctx_release(rt->background);
+  pthread_mutex_destroy(&rt->gcmu);
   pthread_mutex_destroy(&rt->mu);
   rt->alloc(rt->alloc_ud, rt, sizeof *rt, 0);  /* not counted: not weft_free */
 }

@@ -49,6 +49,9 @@ struct weft_runtime {
   atomic_long live_blocks, live_bytes;  /* engine allocations (weft_alloc) */
   weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
   atomic_int ntypes;
+  pthread_mutex_t gcmu;      /* the cycle collector's (cycle.c): only ever
+                                try-locked outside it */
+  _Atomic(struct weft_object *) gcq;  /* objects offered to it */
 };
 
 /* Engine allocations through the runtime's allocator; NULL on failure. */
