@@ -8,7 +8,8 @@
 ** the list of pools (pool.c), the host requests (host.c) and type
 ** registration (readers go lock-free through the published count).  The
 ** config and pool pointer are immutable between new and close; the timer
-** has its own lock (timer.c).  rt->mu is a leaf but for pool.c taking its
+** has its own lock (timer.c); gcmu and gcq belong to the cycle collector
+** (cycle.c: gcmu is only ever try-locked, gcq is a lock-free stack).  rt->mu is a leaf but for pool.c taking its
 ** pools' locks under it (never the other way round).
 */
 #include "runtime.h"
