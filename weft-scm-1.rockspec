@@ -32,6 +32,7 @@ build = {
         "engine/alloc.c",
         "engine/channel.c",
         "engine/context.c",
+        "engine/cycle.c",
         "engine/exec.c",
         "engine/future.c",
         "engine/host.c",

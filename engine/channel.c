@@ -4,7 +4,9 @@
 ** Owns: the ring of buffered messages and the FIFO queues of waiting
 ** operations.  Locking: ch->mu guards everything but the refcount; it is
 ** taken alone, and under it only leaf locks (a park's, a worker's, to wake)
-** are taken.  An op's selection is claimed with a compare-and-swap under
+** are taken; the cycle collector (cycle.c) takes it under its own lock,
+** with trylock but for a garbage channel.  Messages are linked
+** (weft_buf_link) before they can reach the ring.  An op's selection is claimed with a compare-and-swap under
 ** the lock of the channel completing it, so one op of a select completes,
 ** once; ops whose selection is already claimed (by another channel) are
 ** dropped from a queue when met.
@@ -98,7 +100,50 @@ static void chan_destroy(weft_object *o) {
   weft_runtime_release(rt);
 }
 
-const weft_class weft_chan_class = {"weft.channel", chan_destroy};
+/*
+** For the cycle collector (cycle.c): a channel's edges are its buffered
+** messages (the ring; a blocked sender's message belongs to its call,
+** which holds the channel from outside).  Edges are read under ch->mu,
+** try-locked: the collector never waits for a channel.  Clear empties the
+** ring of a garbage channel (no one can send or receive on it any more)
+** and hands the messages over with ch->mu released.
+*/
+static weft_runtime *chan_gc_runtime(weft_object *o) {
+  return ((weft_chan *)o)->rt;
+}
+
+static weft_object *chan_gc_next(weft_object *o) {
+  (void)o;
+  return NULL;
+}
+
+static bool chan_gc_edges(weft_object *o, weft_gc_visit *v) {
+  weft_chan *ch = (weft_chan *)o;
+  if (pthread_mutex_trylock(&ch->mu) != 0) return false;
+  bool ok = true;
+  for (long i = 0; ok && i < ch->count; i++)
+    ok = v->buf(v, ch->ring[(ch->head + i) % ch->size]);
+  pthread_mutex_unlock(&ch->mu);
+  return ok;
+}
+
+static void chan_gc_clear(weft_object *o, weft_gc_visit *v) {
+  weft_chan *ch = (weft_chan *)o;
+  pthread_mutex_lock(&ch->mu);
+  weft_buf **ring = ch->ring;
+  long size = ch->size, head = ch->head, count = ch->count;
+  ch->ring = NULL;
+  ch->size = ch->head = ch->count = 0;
+  pthread_mutex_unlock(&ch->mu);
+  for (long i = 0; i < count; i++) v->buf(v, ring[(head + i) % size]);
+  weft_free(ch->rt, ring, (size_t)size * sizeof *ring);
+}
+
+static const weft_gc_ops chan_gc_ops = {chan_gc_runtime, chan_gc_next,
+                                        chan_gc_edges, chan_gc_clear};
+
+const weft_class weft_chan_class = {"weft.channel", chan_destroy,
+                                    &chan_gc_ops};
 
 weft_chan *weft_chan_new(weft_runtime *rt, long cap) {
   weft_chan *ch = weft_alloc(rt, sizeof *ch);
@@ -147,6 +192,7 @@ static weft_buf *ring_pop(weft_chan *ch) {
 
 int weft_chan_try_send(weft_chan *ch, weft_buf *v) {
   int r = WEFT_CHAN_OK;
+  weft_buf_link(v);  /* before it may be stored (nothing for plain values) */
   pthread_mutex_lock(&ch->mu);
   weft_chan_op *peer;
   if (ch->closed) {
@@ -216,6 +262,7 @@ long weft_chan_cap(weft_chan *ch) { return ch->cap; }
 
 bool weft_chan_enqueue(weft_chan_op *op) {
   weft_chan *ch = op->ch;
+  if (op->send) weft_buf_link(op->buf);  /* a receiver may ring it */
   pthread_mutex_lock(&ch->mu);
   bool ready = ch->closed ||
                (op->send ? has_peer(&ch->recvq, op->sel) || ch->count < ch->cap

@@ -7,7 +7,12 @@
 **
 ** Immutable after creation: rt, parent, deadline (effective), key, value,
 ** can_end.  err is atomic (0 while live, stored once under mu, read without
-** a lock); cause is written once under mu before err and never changes.
+** a lock); cause is written once under mu before err and never changes,
+** but for the cycle collector taking it out of a garbage context (cycle.c;
+** see ctx_gc_clear for why no one can read it then).  A child's reference
+** to its parent is an inner one (object.h) unless the parent is the
+** background; causes and values are linked (weft_buf_link) before they
+** are stored.
 **
 ** Locking:
 **  - c->mu guards c's waiter list, c's child list, and, for each child ch of
@@ -78,8 +83,9 @@ typedef struct bg_ctx {
 } bg_ctx;
 
 static void ctx_destroy(weft_object *o);
+static const weft_gc_ops ctx_gc_ops;
 
-const weft_class weft_ctx_class = {"weft.context", ctx_destroy};
+const weft_class weft_ctx_class = {"weft.context", ctx_destroy, &ctx_gc_ops};
 
 static bg_ctx *bg_of(weft_runtime *rt) { return (bg_ctx *)rt->background; }
 
@@ -164,8 +170,10 @@ static void ctx_destroy(weft_object *o) {
   do {
     c = destroy_one(c);
     freed++;
-  } while (c != NULL &&
-           atomic_fetch_sub_explicit(&c->obj.refs, 1, memory_order_acq_rel) == 1);
+    /* a child's reference to a parent other than the background is an
+       inner one (child_new); dropping it may offer the parent to the
+       cycle collector instead */
+  } while (c != NULL && weft_object_drop(&c->obj, !c->is_background));
   if (background) return;  /* the runtime's own, dropped by the runtime */
   while (freed-- > 0) weft_runtime_release(rt);
 }
@@ -237,7 +245,11 @@ static weft_ctx *child_new(weft_runtime *rt, weft_ctx *parent, double own,
   if (c == NULL) return NULL;
   weft_runtime_retain(rt);
   atomic_fetch_add_explicit(&bg_of(rt)->live, 1, memory_order_relaxed);
-  weft_ctx_retain(parent);
+  if (parent->is_background)
+    weft_ctx_retain(parent);  /* never tracked: no inner count to keep */
+  else
+    weft_retain_inner(&parent->obj);
+  if (value != NULL) weft_buf_link(value);  /* before the store */
   c->parent = parent;
   c->key = key;
   c->value = value;
@@ -370,6 +382,7 @@ void weft_ctx_cancel(weft_ctx *c, int err, weft_buf *cause) {
   weft_ctx *done = NULL;     /* ended by this call (done_next) */
   weft_runtime *rt = c->rt;
 
+  if (cause != NULL) weft_buf_link(cause);  /* before any store */
   if (!end_one(c, err, cause, &pending)) {
     wait_settled(c);
     return;
@@ -514,6 +527,49 @@ bool weft_ctx_wait(weft_ctx *c, double timeout) {
   pthread_cond_destroy(&t.cv);
   return weft_ctx_err(c) != WEFT_LIVE;
 }
+
+/* --- the cycle collector's view (cycle.c) ------------------------------ */
+
+/*
+** Edges: the parent (unless the background, which is never garbage), the
+** key and value, and the cause once c is done (immutable then: read after
+** the acquire of err, no lock).  Clear takes out only the cause of a done
+** context: the edge that can close a cycle (a parent, key and value are
+** older than c).  c is garbage then: no thread holds it but through the
+** parent's list of children or the timer, whose holders only end it (it
+** is done already, so they do nothing) and never read its cause; child_new
+** and weft_ctx_cause read it only through a strong reference.
+*/
+static weft_runtime *ctx_gc_runtime(weft_object *o) {
+  return ((weft_ctx *)o)->rt;
+}
+
+static weft_object *ctx_gc_next(weft_object *o) {
+  weft_ctx *p = ((weft_ctx *)o)->parent;
+  return p != NULL && !p->is_background ? &p->obj : NULL;
+}
+
+static bool ctx_gc_edges(weft_object *o, weft_gc_visit *v) {
+  weft_ctx *c = (weft_ctx *)o;
+  weft_object *p = ctx_gc_next(o);
+  if (p != NULL && !v->obj(v, p)) return false;
+  if (c->key != NULL && !v->buf(v, c->key)) return false;
+  if (c->value != NULL && !v->buf(v, c->value)) return false;
+  weft_buf *cause = weft_ctx_cause(c);
+  if (cause != NULL && !v->buf(v, cause)) return false;
+  return true;
+}
+
+static void ctx_gc_clear(weft_object *o, weft_gc_visit *v) {
+  weft_ctx *c = (weft_ctx *)o;
+  weft_buf *cause = weft_ctx_cause(c);
+  if (cause == NULL) return;
+  c->cause = NULL;
+  v->buf(v, cause);
+}
+
+static const weft_gc_ops ctx_gc_ops = {ctx_gc_runtime, ctx_gc_next,
+                                       ctx_gc_edges, ctx_gc_clear};
 
 /* --- test hooks -------------------------------------------------------- */
 

@@ -111,7 +111,7 @@ static void proc_destroy(weft_object *o) {
   weft_runtime_release(rt);
 }
 
-const weft_class weft_proc_class = {"weft.process", proc_destroy};
+const weft_class weft_proc_class = {"weft.process", proc_destroy, NULL};
 
 void weft_proc_retain(weft_proc *p) { weft_retain(&p->obj); }
 void weft_proc_release(weft_proc *p) { weft_release(&p->obj); }

@@ -4,7 +4,9 @@
 ** Owns: the future's state, result buffer and waiter list.  Locking: f->mu
 ** guards the waiter list and the transition out of PENDING; state is
 ** atomic (stored with release after result is set), so reads are
-** lock-free; result is immutable once state is not PENDING.  Waiters are
+** lock-free; result is immutable once state is not PENDING (but for the
+** cycle collector taking it out of a garbage future, cycle.c), and linked
+** (weft_buf_link) before it is stored.  Waiters are
 ** woken under f->mu and may take only leaf locks.
 */
 #include "future.h"
@@ -35,7 +37,39 @@ static void future_destroy(weft_object *o) {
   weft_runtime_release(rt);
 }
 
-const weft_class weft_future_class = {"weft.future", future_destroy};
+/*
+** For the cycle collector (cycle.c): a future's edge is its result once
+** settled (immutable then: read after the acquire of state).  pool and job
+** are not references.  Clear takes the result out of a garbage future (no
+** one can wait on it any more).
+*/
+static weft_runtime *future_gc_runtime(weft_object *o) {
+  return ((weft_future *)o)->rt;
+}
+
+static weft_object *future_gc_next(weft_object *o) {
+  (void)o;
+  return NULL;
+}
+
+static bool future_gc_edges(weft_object *o, weft_gc_visit *v) {
+  weft_buf *b = weft_future_result((weft_future *)o);
+  return b == NULL || v->buf(v, b);
+}
+
+static void future_gc_clear(weft_object *o, weft_gc_visit *v) {
+  weft_future *f = (weft_future *)o;
+  weft_buf *b = weft_future_result(f);
+  if (b == NULL) return;
+  f->result = NULL;
+  v->buf(v, b);
+}
+
+static const weft_gc_ops future_gc_ops = {future_gc_runtime, future_gc_next,
+                                          future_gc_edges, future_gc_clear};
+
+const weft_class weft_future_class = {"weft.future", future_destroy,
+                                      &future_gc_ops};
 
 weft_future *weft_future_new(weft_runtime *rt) {
   weft_future *f = weft_alloc(rt, sizeof *f);
@@ -56,6 +90,7 @@ void weft_future_retain(weft_future *f) { weft_retain(&f->obj); }
 void weft_future_release(weft_future *f) { weft_release(&f->obj); }
 
 bool weft_future_resolve(weft_future *f, int state, weft_buf *result) {
+  if (result != NULL) weft_buf_link(result);  /* before the store */
   pthread_mutex_lock(&f->mu);
   if (atomic_load_explicit(&f->state, memory_order_relaxed) != WEFT_FUT_PENDING) {
     pthread_mutex_unlock(&f->mu);

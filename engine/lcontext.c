@@ -3,9 +3,11 @@
 ** weft.background, with_cancel, with_timeout, with_deadline, with_value,
 ** the ctx methods, and the test hooks _ctx_children_count and _ctx_live.
 **
-** Owns: nothing shared; contexts live in context.c.  Per state it registers
-** the "weft.context" metatable.  Engine references held across Lua calls
-** that may raise sit in guards (binding.h), so a raise never leaks them.
+** Owns: nothing shared but cancel functions (objects holding their context
+** by an inner reference, object.h); contexts live in context.c.  Per
+** state it registers the "weft.context" and "weft.cancel" metatables.
+** Engine references held across Lua calls that may raise sit in guards
+** (binding.h), so a raise never leaks them.
 **
 ** Locking: none taken here.  Every Lua call that may raise (argument
 ** checks, duration parsing, encoding, pushing) happens before or after the
@@ -62,10 +64,36 @@ static void canceler_destroy(weft_object *o) {
   canceler *k = (canceler *)o;
   weft_ctx *c = k->ctx;
   weft_free(k->rt, k, sizeof *k);
-  if (c != NULL) weft_ctx_release(c);
+  if (c != NULL) weft_release_inner((weft_object *)c);
 }
 
-static const weft_class canceler_class = {"weft.cancel", canceler_destroy};
+/* For the cycle collector (cycle.c): a cancel function holds its context
+   (an inner reference, set once before it is published) and nothing that
+   can close a cycle. */
+static weft_runtime *canceler_gc_runtime(weft_object *o) {
+  return ((canceler *)o)->rt;
+}
+
+static weft_object *canceler_gc_next(weft_object *o) {
+  return (weft_object *)((canceler *)o)->ctx;
+}
+
+static bool canceler_gc_edges(weft_object *o, weft_gc_visit *v) {
+  weft_object *c = canceler_gc_next(o);
+  return c == NULL || v->obj(v, c);
+}
+
+static void canceler_gc_clear(weft_object *o, weft_gc_visit *v) {
+  (void)o;
+  (void)v;
+}
+
+static const weft_gc_ops canceler_gc_ops = {
+    canceler_gc_runtime, canceler_gc_next, canceler_gc_edges,
+    canceler_gc_clear};
+
+static const weft_class canceler_class = {"weft.cancel", canceler_destroy,
+                                          &canceler_gc_ops};
 
 static int l_cancel(lua_State *L) {
   canceler *k = (canceler *)weft_check_object(L, 1, &canceler_class);
@@ -92,7 +120,7 @@ static int push_child(lua_State *L, weft_ctx *parent, double deadline) {
   weft_ctx *c = weft_ctx_new(rt, parent, deadline);
   if (c == NULL) return fail_new(L);
   *g = c;
-  weft_ctx_retain(c);
+  weft_retain_inner((weft_object *)c);
   k->ctx = c;
   weft_push_ctx(L, c);
   weft_push_object(L, &k->obj);

@@ -4,10 +4,16 @@
 ** Owns: the atomic counts, the handle metatables' common part, and each
 ** state's weak handle cache (a registry table keyed by object address).
 ** Locking: none; counts are atomic, a handle cache belongs to one state.
+** A release of an object the cycle collector tracks may hand the reference
+** to the collector (cycle.c), which may run then, in the releasing thread,
+** taking only the locks cycle.c lists (never blocking on one but its own
+** leaf ones).
 */
 #include "object.h"
 
 #include <assert.h>
+
+#include "cycle.h"
 
 static const char handle_key = 0;  /* metatable field naming the class */
 static const char cache_key = 0;   /* registry: object address -> handle */
@@ -18,27 +24,61 @@ typedef struct handle {
 
 void weft_object_init(weft_object *o, const weft_class *cls) {
   o->cls = cls;
-  atomic_init(&o->refs, 1);
+  atomic_init(&o->refs, WEFT_REF_RETAIN);
+  atomic_init(&o->inner, 0);
+  atomic_init(&o->gc, 0);
+  o->gc_next = NULL;
 }
 
 void weft_retain(weft_object *o) {
-  long old = atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
-  assert(old > 0);
+  uint64_t old = atomic_fetch_add_explicit(&o->refs, WEFT_REF_RETAIN,
+                                           memory_order_relaxed);
+  assert(WEFT_REF_COUNT(old) > 0);
   (void)old;
 }
 
 bool weft_try_retain(weft_object *o) {
-  long n = atomic_load_explicit(&o->refs, memory_order_relaxed);
-  while (n > 0)
-    if (atomic_compare_exchange_weak_explicit(&o->refs, &n, n + 1,
+  uint64_t n = atomic_load_explicit(&o->refs, memory_order_relaxed);
+  while (WEFT_REF_COUNT(n) > 0)
+    if (atomic_compare_exchange_weak_explicit(&o->refs, &n, n + WEFT_REF_RETAIN,
                                               memory_order_relaxed,
                                               memory_order_relaxed))
       return true;
   return false;
 }
 
+/*
+** The inner count is raised after the retain and lowered before the
+** release, so it never exceeds the inner references really held: a
+** release that finds no outside reference left (cycle.c) is never missed,
+** at worst it is seen by the next release instead.
+*/
+void weft_retain_inner(weft_object *o) {
+  weft_retain(o);
+  atomic_fetch_add_explicit(&o->inner, 1, memory_order_relaxed);
+}
+
+bool weft_object_drop(weft_object *o, bool inner) {
+  if (inner) atomic_fetch_sub_explicit(&o->inner, 1, memory_order_relaxed);
+  if ((atomic_load_explicit(&o->gc, memory_order_acquire) & WEFT_GC_TRACKED) &&
+      weft_cycle_offer(o))
+    return false;  /* the collector has the reference now */
+  uint64_t old = atomic_fetch_sub_explicit(&o->refs, WEFT_REF_ONE,
+                                           memory_order_acq_rel);
+  return WEFT_REF_COUNT(old) == 1;
+}
+
 void weft_release(weft_object *o) {
-  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) == 1)
+  if (weft_object_drop(o, false)) o->cls->destroy(o);
+}
+
+void weft_release_inner(weft_object *o) {
+  if (weft_object_drop(o, true)) o->cls->destroy(o);
+}
+
+void weft_release_quiet(weft_object *o) {
+  if (WEFT_REF_COUNT(atomic_fetch_sub_explicit(&o->refs, WEFT_REF_ONE,
+                                               memory_order_acq_rel)) == 1)
     o->cls->destroy(o);
 }
 

@@ -1349,7 +1349,7 @@ int weft_pool_poll(weft_pool *p, double deadline) {
 
 static void pool_destroy(weft_object *o);
 
-const weft_class weft_pool_class = {"weft.pool", pool_destroy};
+const weft_class weft_pool_class = {"weft.pool", pool_destroy, NULL};
 
 /* A copy of s (NULL stays NULL; *failed set when memory ran out). */
 static char *dup_string(weft_runtime *rt, const char *s, size_t *len,

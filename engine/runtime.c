@@ -9,8 +9,10 @@
 ** the list of pools (pool.c), the host requests (host.c) and type
 ** registration (readers go lock-free through the published count).  The
 ** config and pool pointer are immutable between new and close; the timer
-** has its own lock (timer.c).  rt->mu is a leaf but for pool.c taking its
-** pools' locks under it (never the other way round).
+** has its own lock (timer.c); gcmu and gcq belong to the cycle collector
+** (cycle.c: gcmu is only ever try-locked, gcq is a lock-free stack).
+** rt->mu is a leaf but for pool.c taking its pools' locks under it (never
+** the other way round).
 */
 #include "runtime.h"
 
@@ -98,10 +100,18 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
   }
+  atomic_init(&rt->gcq, NULL);
   int e = pthread_mutex_init(&rt->mu, NULL);
   if (e == 0) {
-    e = weft_timer_init(&rt->timer, rt);
+    e = pthread_mutex_init(&rt->gcmu, NULL);
     if (e != 0) pthread_mutex_destroy(&rt->mu);
+  }
+  if (e == 0) {
+    e = weft_timer_init(&rt->timer, rt);
+    if (e != 0) {
+      pthread_mutex_destroy(&rt->gcmu);
+      pthread_mutex_destroy(&rt->mu);
+    }
   }
   if (e != 0) {
     weft_alloc_destroy(rt);
@@ -113,6 +123,7 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   if (rt->background == NULL) {
     set_err(err, errlen, "not enough memory");
     weft_timer_destroy(&rt->timer);
+    pthread_mutex_destroy(&rt->gcmu);
     pthread_mutex_destroy(&rt->mu);
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
@@ -169,6 +180,7 @@ void weft_runtime_release(weft_runtime *rt) {
   weft_timer_stop(&rt->timer);  /* no-op when already stopped */
   weft_timer_destroy(&rt->timer);
   weft_ctx_release(rt->background);
+  pthread_mutex_destroy(&rt->gcmu);
   pthread_mutex_destroy(&rt->mu);
   weft_alloc_destroy(rt);
   rt->alloc(rt->alloc_ud, rt, sizeof *rt, 0);  /* not counted: not weft_free */

@@ -66,6 +66,9 @@ struct weft_runtime {
   weft_alloc_shard live[WEFT_ALLOC_SHARDS];  /* engine allocations */
   weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
   atomic_int ntypes;
+  pthread_mutex_t gcmu;      /* the cycle collector's (cycle.c): only ever
+                                try-locked outside it */
+  _Atomic(struct weft_object *) gcq;  /* objects offered to it */
 };
 
 /* Engine allocations through the runtime's allocator and its cache of

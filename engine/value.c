@@ -3,7 +3,11 @@
 ** buffer (DESIGN.md, "Values crossing states").
 **
 ** Owns: the buffer format, the encoder and the decoder.  Locking: none; a
-** buffer is written by one thread and immutable afterwards (refs atomic).
+** buffer is written by one thread and immutable afterwards (refs and the
+** cycle collector's flag atomic).  A buffer's references to its handles'
+** objects are inner ones (object.h); a release of a linked buffer with
+** handles that is not the last offers them to the cycle collector
+** (cycle.c), which may run in the releasing thread.
 **
 ** Both directions are iterative (an explicit frame stack, objects anchored
 ** on the Lua stack), so 1e5-deep nesting costs no C stack.  The encoder
@@ -37,6 +41,7 @@
 
 #include <lauxlib.h>
 
+#include "cycle.h"
 #include "object.h"
 #include "runtime.h"
 
@@ -46,7 +51,8 @@ enum {
 };
 
 struct weft_buf {
-  atomic_long refs;
+  _Atomic uint64_t refs;  /* count | retains << 32 (object.h) */
+  atomic_uint flags;      /* WEFT_GC_TRACKED: linked into an object (cycle.c) */
   weft_runtime *rt;
   int count;          /* values in the list */
   uint32_t nids;      /* tables and functions */
@@ -71,7 +77,8 @@ static weft_buf *buf_new(weft_runtime *rt, size_t icap) {
   weft_buf *b = weft_alloc(rt, sizeof *b + icap);
   if (b == NULL) return NULL;
   memset(b, 0, sizeof *b);
-  atomic_init(&b->refs, 1);
+  atomic_init(&b->refs, WEFT_REF_RETAIN);
+  atomic_init(&b->flags, 0);
   b->rt = rt;  /* not retained: see value.h */
   b->icap = b->cap = icap;
   b->data = inline_data(b);
@@ -79,18 +86,69 @@ static weft_buf *buf_new(weft_runtime *rt, size_t icap) {
 }
 
 void weft_buf_retain(weft_buf *b) {
-  atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&b->refs, WEFT_REF_RETAIN, memory_order_relaxed);
 }
 
-void weft_buf_release(weft_buf *b) {
-  if (b == NULL ||
-      atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
-    return;
+static void buf_destroy(weft_buf *b) {
   weft_runtime *rt = b->rt;
-  for (size_t i = 0; i < b->nhandles; i++) weft_release(b->handles[i]);
+  for (size_t i = 0; i < b->nhandles; i++) weft_release_inner(b->handles[i]);
   weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
   if (b->data != inline_data(b)) weft_free(rt, b->data, b->cap);
   weft_free(rt, b, sizeof *b + b->icap);
+}
+
+static bool buf_drop(weft_buf *b) {
+  return WEFT_REF_COUNT(atomic_fetch_sub_explicit(
+             &b->refs, WEFT_REF_ONE, memory_order_acq_rel)) == 1;
+}
+
+/*
+** A linked buffer holding handles that outlives this release may be what
+** kept a cycle alive from outside (a cause the canceling call held): its
+** handles are offered to the collector (cycle.c) before the release, while
+** b still holds them, and the collector runs after it.
+*/
+void weft_buf_release(weft_buf *b) {
+  if (b == NULL) return;
+  if (b->nhandles > 0 &&
+      (atomic_load_explicit(&b->flags, memory_order_acquire) &
+       WEFT_GC_TRACKED) &&
+      WEFT_REF_COUNT(atomic_load_explicit(&b->refs, memory_order_relaxed)) >
+          1) {
+    weft_runtime *rt = b->rt;
+    weft_runtime_retain(rt);
+    bool offered = false;
+    for (size_t i = 0; i < b->nhandles; i++)
+      offered |= weft_cycle_offer_held(rt, b->handles[i]);
+    if (buf_drop(b)) buf_destroy(b);
+    if (offered) weft_cycle_run(rt);
+    weft_runtime_release(rt);
+    return;
+  }
+  if (buf_drop(b)) buf_destroy(b);
+}
+
+void weft_buf_release_quiet(weft_buf *b) {
+  if (b != NULL && buf_drop(b)) buf_destroy(b);
+}
+
+void weft_buf_link(weft_buf *b) {
+  if (b->nhandles == 0 ||
+      (atomic_load_explicit(&b->flags, memory_order_acquire) &
+       WEFT_GC_TRACKED))
+    return;
+  for (size_t i = 0; i < b->nhandles; i++) weft_cycle_mark(b->handles[i]);
+  atomic_fetch_or_explicit(&b->flags, WEFT_GC_TRACKED, memory_order_seq_cst);
+}
+
+size_t weft_buf_nhandles(const weft_buf *b) { return b->nhandles; }
+
+weft_object *weft_buf_handle(const weft_buf *b, size_t i) {
+  return b->handles[i];
+}
+
+uint64_t weft_buf_refword(weft_buf *b) {
+  return atomic_load_explicit(&b->refs, memory_order_acquire);
 }
 
 int weft_buf_count(const weft_buf *b) { return b->count; }
@@ -677,7 +735,7 @@ static void encode_value(enc *e, int v) {
       if (b->nhandles == b->hcap)
         b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
                           sizeof *b->handles);
-      weft_retain(o);
+      weft_retain_inner(o);
       b->handles[b->nhandles++] = o;
       put_byte(e, T_HANDLE);
       put_varint(e, b->nhandles - 1);

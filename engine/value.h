@@ -15,12 +15,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
 #include "weft.h"
 
 typedef struct weft_buf weft_buf;
+struct weft_object;
 
 /*
 ** Encodes the n values at idx.. of L.  Value i is named root[i] in error
@@ -59,5 +61,19 @@ void weft_buf_release(weft_buf *b);  /* NULL is allowed */
 
 /* True when a and b encode the same bytes (for scalar keys). */
 bool weft_buf_equal(const weft_buf *a, const weft_buf *b);
+
+/*
+** For the cycle collector (cycle.c).  weft_buf_link is called before b is
+** stored into an object (a cause, a context value, a channel's ring, a
+** future's result): when b holds handles it marks what they reach as
+** tracked, and b too, whose releases then offer its handles to the
+** collector.  A buffer's handles never change.
+*/
+void weft_buf_link(weft_buf *b);
+size_t weft_buf_nhandles(const weft_buf *b);
+struct weft_object *weft_buf_handle(const weft_buf *b, size_t i);
+uint64_t weft_buf_refword(weft_buf *b);  /* count | retains << 32 */
+/* A release that offers nothing to the collector (its own references). */
+void weft_buf_release_quiet(weft_buf *b);
 
 #endif

@@ -576,7 +576,9 @@ def main():
     os.makedirs(out, exist_ok=True)
     os.makedirs(bugs, exist_ok=True)
     for name, data in sorted(SEEDS.items()):
-        where = bugs if name.startswith("crash-") else out
+        # a crash-* reproducer stays in the corpus once its bug is fixed
+        fixed = os.path.exists(os.path.join(out, name))
+        where = bugs if name.startswith("crash-") and not fixed else out
         with open(os.path.join(where, name), "wb") as f:
             f.write(data)
     print("%d seeds written to %s" % (len(SEEDS), out))

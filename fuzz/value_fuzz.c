@@ -845,9 +845,6 @@ static void step(lua_State *L, fz *f, unsigned op) {
     }
     case OP_HANDLE: {
       unsigned k = get(in) % 3;
-#ifdef FUZZ_SKIP_KNOWN
-      if (k == 2) k = 1; /* open bug: crash-cancel-cause-holds-its-canceler */
-#endif
       room(L);
       lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
       lua_getfield(L, -1, "weft.core");

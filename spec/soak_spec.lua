@@ -220,6 +220,170 @@ describe("leaks", function()
 end)
 
 ---------------------------------------------------------------------------
+-- cycles through engine objects (fuzz/known-bugs/crash-cancel-cause-holds-its-canceler):
+-- a cause or a buffered message holding a handle that leads back to its
+-- holder.  Every case is made and dropped ROUNDS times; the engine's blocks
+-- must be back where they were (before the cycle collector, each round
+-- left 3 or 4 blocks behind).  The semantic checks keep one handle, collect,
+-- and look through it: what the cycle reaches must still be there.
+
+describe("cycles through causes and channel messages", function()
+  local root
+  before_each(function() root = harness.start() end)
+  after_each(harness.finish)
+
+  local ROUNDS = SANITIZED and 20 or 100
+
+  -- Runs make() (which builds a cycle and drops it) once to warm up, then
+  -- ROUNDS times; the engine's live blocks and bytes must not move.
+  local function no_leak(make, warmup)
+    for _ = 1, warmup or 1 do make() end
+    local blocks0, bytes0 = soak.live()
+    for _ = 1, ROUNDS do make() end
+    local blocks1, bytes1 = soak.live()
+    local deadline = weft.now() + 5  -- a worker may still be dropping its last references
+    while (blocks1 ~= blocks0 or bytes1 ~= bytes0) and weft.now() < deadline do
+      weft.sleep(weft.background(), 0.01)
+      blocks1, bytes1 = soak.live()
+    end
+    assert.same({ blocks0, bytes0 }, { blocks1, bytes1 },
+      ("%d blocks %d bytes left after %d rounds"):format(blocks1 - blocks0, bytes1 - bytes0, ROUNDS))
+  end
+
+  it("a context canceled with itself as the cause is freed; ctx:cause() == ctx while it lives", function()
+    no_leak(function()
+      local c, cancel = weft.with_cancel(weft.background())
+      cancel(c)
+    end)
+    local c, cancel = weft.with_cancel(root)
+    cancel(c)
+    cancel = nil  -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    assert.equals(weft.CANCELED, c:err())
+    assert.equals(c, c:cause())
+    assert.equals(c, c:cause():cause())
+  end)
+
+  it("a context canceled with its own cancel function as the cause is freed; the cause still cancels", function()
+    no_leak(function()
+      local c, cancel = weft.with_cancel(root)
+      cancel(cancel)
+      return c
+    end)
+    local c, cancel = weft.with_cancel(root)
+    cancel(cancel)
+    collectgarbage(); collectgarbage()
+    assert.equals(cancel, c:cause())
+    cancel = nil  -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    local k = c:cause()
+    assert.equals("userdata", type(k))
+    k("again")  -- the context is done: a no-op, but the function is alive
+    assert.equals(k, c:cause())
+  end)
+
+  it("a cause holding the context and a descendant is freed; both still see it", function()
+    no_leak(function()
+      local c, cancel = weft.with_cancel(root)
+      local d = weft.with_value(weft.with_cancel(c), "k", 1)
+      cancel({ c, d, n = 2 })
+    end)
+    local c, cancel = weft.with_cancel(root)
+    local mid = weft.with_cancel(c)
+    local d = weft.with_value(mid, "k", 1)
+    cancel({ c, d, n = 2 })
+    c, cancel, mid = nil, nil, nil  -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    local t = d:cause()  -- the children got the parent's cause
+    assert.equals(d, t[2])
+    assert.equals(2, t.n)
+    assert.equals(weft.CANCELED, t[1]:err())
+    assert.equals(t[1], t[1]:cause()[1])
+    assert.equals(d, t[1]:cause()[2])
+    assert.equals(1, d:value("k"))
+  end)
+
+  it("a parent canceled with a cause holding its child is freed; the child still sees the cause", function()
+    no_leak(function()
+      local c, cancel = weft.with_cancel(root)
+      local child = weft.with_cancel(c)
+      cancel({ child = child })
+    end)
+    no_leak(function()  -- the child ended first: only the parent holds the cause
+      local c, cancel = weft.with_cancel(root)
+      local child, cancel_child = weft.with_cancel(c)
+      cancel_child("first")
+      cancel({ child = child })
+    end)
+    local c, cancel = weft.with_cancel(root)
+    local child = weft.with_cancel(c)
+    cancel({ child = child })
+    c, cancel = nil, nil  -- luacheck: ignore
+    collectgarbage(); collectgarbage()
+    assert.equals(weft.CANCELED, child:err())
+    assert.equals(child, child:cause().child)
+  end)
+
+  it("a channel sent through itself and never received is freed; received, it is itself", function()
+    no_leak(function()
+      local ch = weft.chan(1)
+      assert(ch:send(root, ch))
+    end)
+    no_leak(function()  -- a message holding it, among plain ones
+      local ch = weft.chan(4)
+      assert(ch:send(root, 1))
+      assert(ch:try_send({ ch, "x" }))
+      assert(ch:send(root, "plain"))
+    end)
+    local ch = weft.chan(2)
+    assert(ch:send(root, ch))
+    assert(ch:send(root, { ch = ch }))
+    collectgarbage(); collectgarbage()
+    assert.equals(2, ch:len())
+    assert.equals(ch, ch:recv(root))
+    assert.equals(ch, ch:recv(root).ch)
+    assert.equals(0, ch:len())
+  end)
+
+  it("a channel holding a context whose cause holds the channel is freed; received, the cause is there", function()
+    no_leak(function()
+      local ch = weft.chan(1)
+      local c, cancel = weft.with_cancel(root)
+      cancel({ ch })
+      assert(ch:send(root, c))
+    end)
+    no_leak(function()  -- a value context whose value holds the channel
+      local ch = weft.chan(1)
+      assert(ch:send(root, weft.with_value(root, "ch", ch)))
+    end)
+    local ch = weft.chan(1)
+    do
+      local c, cancel = weft.with_cancel(root)
+      cancel({ ch })
+      assert(ch:send(root, c))
+    end
+    collectgarbage(); collectgarbage()
+    local got = ch:recv(root)
+    assert.equals(weft.CANCELED, got:err())
+    assert.equals(ch, got:cause()[1])
+  end)
+
+  it("cycles made in a worker state are freed; the worker sees ctx:cause() == ctx", function()
+    local pool = harness.new_pool { workers = 2, name = "cycles" }
+    local function job(_, c, cancel, ch)
+      cancel(c)
+      assert(ch:send(c, ch) == nil)  -- c is done: the send refuses
+      assert(ch:try_send({ ch, c }))
+      return c:cause() == c
+    end
+    no_leak(function()
+      local c, cancel = weft.with_cancel(root)
+      assert.same({ true, true }, { await(pool:submit(root, job, c, cancel, weft.chan(1))) })
+    end, ROUNDS)  -- warm-up: the pool's own tables reach their size
+  end)
+end)
+
+---------------------------------------------------------------------------
 -- found by the soak
 
 describe("pool:close(timeout)", function()
