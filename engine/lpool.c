@@ -334,17 +334,25 @@ static int wait_or_close(lua_State *L, int close) {
 static int p_wait(lua_State *L) { return wait_or_close(L, 0); }
 static int p_close(lua_State *L) { return wait_or_close(L, 1); }
 
+/* Under lua_pcall: 1 = the owner's handle; waits for the pool's jobs. */
+static int gc_close_k(lua_State *L) {
+  lua_pushnumber(L, INFINITY);
+  lua_pushboolean(L, 1);
+  weft_block_new(L);
+  idle_k(L, LUA_OK, 4);
+  return 0;
+}
+
 static int p_gc(lua_State *L) {
   weft_pool *p = (weft_pool *)weft_to_object(L, 1);
   if (p != NULL && lua_getiuservalue(L, 1, 1) == LUA_TBOOLEAN &&
       lua_toboolean(L, -1) && !weft_pool_is_worker(p)) {
-    /* the owner's handle: close (never from inside the pool) */
-    lua_settop(L, 1);
-    lua_pushnumber(L, INFINITY);
+    /* the owner's handle: close (never from inside the pool); when the
+       wait cannot be set up (no memory), the release below closes it */
     weft_pool_shutdown(p);
-    lua_pushboolean(L, 1);
-    weft_block_new(L);
-    idle_k(L, LUA_OK, 4);
+    lua_pushcfunction(L, gc_close_k);
+    lua_pushvalue(L, 1);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
   }
   weft_object *o = weft_handle_take(L, 1);
   if (o != NULL) weft_release(o);

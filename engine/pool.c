@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -127,6 +128,7 @@ struct weft_pool {
   char deadlock_msg[512];
   bool coop;                 /* cooperative: one worker, no thread */
   atomic_bool polling;       /* cooperative: a thread runs it now */
+  atomic_bool killed;        /* weft_pool_kill: every job is told to stop */
   pthread_t host;            /* cooperative: the thread that made it */
   size_t memory_limit;
   weft_pool *rt_prev, *rt_next;  /* rt->mu: rt's live pools */
@@ -433,6 +435,7 @@ int weft_job_canceled(weft_job *j) { return stop_error(j); }
 
 void weft_pool_kill(weft_pool *p) {
   pthread_mutex_lock(&p->mu);
+  atomic_store(&p->killed, true);
   /* jobs not started yet end as they start, without running */
   for (weft_job *j = p->newq; j != NULL; j = j->next) atomic_store(&j->killed, true);
   for (weft_job *j = p->waitq; j != NULL; j = j->next) atomic_store(&j->killed, true);
@@ -1325,11 +1328,14 @@ int weft_pool_poll(weft_pool *p, double deadline) {
   atomic_store(&w->preempt, false);
   w->preempt_at.claim = preempt_claim;
   w->preempt_at.fire = preempt_fire;
-  /* no timer (out of memory, or the runtime stopped it): no job runs, as
-     nothing could suspend it */
+  /* No timer (out of memory, or the runtime stopped it): no job runs, as
+     nothing could suspend it; unless close killed them all: with hard
+     cancel each stops at its next instruction anyway (as the timer would
+     make it), and one stuck in C would be stuck either way. */
   bool timed = weft_timer_add(&p->rt->timer, &w->preempt_at, deadline) == 0;
+  bool may_run = timed || (p->hard_cancel && atomic_load(&p->killed));
   int n = 0;
-  while (timed && weft_now() < deadline) {
+  while (may_run && weft_now() < deadline) {
     if (!step(w)) {
       pthread_mutex_unlock(&p->mu);
       break;
@@ -1414,6 +1420,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   p->coop = cfg->cooperative;
   p->memory_limit = cfg->memory_limit;
   atomic_init(&p->polling, false);
+  atomic_init(&p->killed, false);
   p->host = pthread_self();
   pthread_mutex_lock(&rt->mu);  /* listed for weft_runtime_close */
   p->rt_next = rt->pools;
@@ -1663,28 +1670,32 @@ static bool pool_busy(weft_pool *p) {
 
 /* Blocks the calling thread until p is idle or the deadline (INFINITY:
    none) passes; whether it is idle. */
+/* Waits until p is idle or the deadline passes; returns whether it is
+   idle.  Allocates nothing, so close still waits when memory ran out. */
 static bool wait_idle_until(weft_pool *p, double deadline) {
   weft_park park;
-  if (weft_park_init_thread(&park) != 0) return !pool_busy(p);
-  weft_ctx *timer = weft_ctx_new(p->rt, weft_ctx_background(p->rt), deadline);
-  weft_park_waiter pw, tw;
+  if (weft_park_init_thread(&park) != 0) {  /* no condvar: poll */
+    while (pool_busy(p) && weft_now() < deadline) {
+      struct timespec ts = {0, 1000000L};
+      nanosleep(&ts, NULL);
+    }
+    return !pool_busy(p);
+  }
+  weft_park_waiter pw;
   weft_park_waiter_init(&pw, &park);
-  weft_park_waiter_init(&tw, &park);
-  bool idle = timer == NULL && !pool_busy(p);  /* out of memory: no wait */
-  while (timer != NULL) {
+  bool idle = false;
+  while (!idle) {
     if (!weft_pool_add_idle_waiter(p, &pw.w)) {
       idle = true;
       break;
     }
-    if (!weft_ctx_add_waiter(timer, &tw.w)) {  /* the deadline passed */
-      weft_pool_remove_idle_waiter(p, &pw.w);
+    bool woken = weft_park_block_until(&park, deadline);
+    weft_pool_remove_idle_waiter(p, &pw.w);
+    if (!woken) {
+      idle = !pool_busy(p);
       break;
     }
-    weft_park_block(&park);
-    weft_pool_remove_idle_waiter(p, &pw.w);
-    weft_ctx_remove_waiter(timer, &tw.w);
   }
-  if (timer != NULL) weft_ctx_release(timer);
   weft_park_destroy(&park);
   return idle;
 }

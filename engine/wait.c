@@ -113,6 +113,27 @@ void weft_park_block(weft_park *p) {
   pthread_mutex_unlock(&p->mu);
 }
 
+bool weft_park_block_until(weft_park *p, double deadline) {
+  pthread_mutex_lock(&p->mu);
+  weft_spin(&p->mu, &p->woken, WEFT_SPIN_SECONDS);
+  while (!p->woken) {
+    double left = deadline - weft_now();
+    if (!(left > 0)) break;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double s = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + left;
+    if (s > 4e9) s = 4e9;  /* far enough: the loop checks again */
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    if (ts.tv_nsec > 999999999L) ts.tv_nsec = 999999999L;
+    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+  }
+  bool woken = p->woken;
+  p->woken = false;
+  pthread_mutex_unlock(&p->mu);
+  return woken;
+}
+
 static void park_waiter_wake(weft_waiter *w) {
   weft_park_wake(((weft_park_waiter *)w)->park);
 }

@@ -54,6 +54,9 @@ void weft_park_destroy(weft_park *p);
 void weft_park_wake(weft_park *p);
 /* Thread mode: blocks until woken (then clears the flag). */
 void weft_park_block(weft_park *p);
+/* Thread mode: the same, but at most until deadline (weft_now's clock);
+   returns whether it was woken.  Needs no timer, so no allocation. */
+bool weft_park_block_until(weft_park *p, double deadline);
 
 /*
 ** Spins until *flag is set, for at most `seconds`, before a thread goes

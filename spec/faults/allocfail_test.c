@@ -67,8 +67,8 @@
 ** (recomputed as it goes, and jittered so that they cannot alias a
 ** periodic pattern of allocations).  Settings (environment):
 **
-**   ALLOCFAIL_POLICY   once, sticky or both (default once: "sticky" still
-**                      finds crashes and lost completions, open in issue 8)
+**   ALLOCFAIL_POLICY   once, sticky or both (default once; CI runs both,
+**                      which splits the budget)
 **   ALLOCFAIL_WORKERS  workers of the runtime (default 2; 0: cooperative)
 **   ALLOCFAIL_BUDGET   seconds for the sweeps (default 40)
 **   ALLOCFAIL_FULL=1   every N, no time budget (some minutes)
