@@ -63,6 +63,7 @@ struct weft_job {
   atomic_bool killed;      /* pool:close(timeout) gave up waiting */
   bool shielded;           /* worker thread: finishing, hard cancel off */
   bool preempted;          /* worker thread: suspended at a poll's end */
+  bool stopping;           /* worker thread: the hook stopped it (a yield) */
   double submitted_at;     /* weft_now() */
   unsigned long long id;   /* p->mu at submit */
 };
@@ -251,6 +252,16 @@ static void cancel_hook(lua_State *L, lua_Debug *ar) {
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || (j->co != L && atomic_load(&w->inner) != L)) return;
   int err = stop_error(j);
+  if (err != WEFT_LIVE && ar->event == LUA_HOOKCOUNT && L == j->co &&
+      lua_isyieldable(L) && !j->stopping) {
+    /* The job's own coroutine stops by yielding out of the hook: no pcall
+       can catch that, and Lua turns hooks back on after a hook that
+       yields (not after one that raises), so the stop still reaches the
+       __close handlers run as the job is unwound (stop_unwound). */
+    j->stopping = true;
+    lua_yield(L, 0);
+    return;
+  }
   if (err == WEFT_KILLED) luaL_error(L, "%s", WEFT_KILLED_MSG);
   if (err != WEFT_LIVE) luaL_error(L, "%s", weft_ctx_errmsg(err));
   if (atomic_load(&w->preempt)) {
@@ -805,6 +816,16 @@ static void finish_stopped(worker *w, weft_job *j) {
   finish(w, j, OUT_CANCELED, WEFT_FUT_ERROR, string_buf(w->L, msg));
 }
 
+/* Ends j, stopped (its error popped, or suspended by the hook): runs its
+   pending __close handlers (hard cancel still reaches them: the hook stays
+   armed) and finishes it as canceled.  In the epilogue already. */
+static void stop_unwound(worker *w, weft_job *j) {
+  lua_resetthread(j->co);
+  lua_settop(j->co, 0);
+  job_epilogue_end(w);
+  finish_stopped(w, j);
+}
+
 static void panicked_job(worker *w, weft_job *j, int status) {
   lua_State *L = w->L, *co = j->co;
   weft_pool *p = w->pool;
@@ -815,10 +836,7 @@ static void panicked_job(worker *w, weft_job *j, int status) {
      decides as checking last would). */
   if (job_stopped(j)) {
     lua_pop(co, 1);  /* the error */
-    lua_resetthread(co);  /* runs its __close handlers */
-    lua_settop(co, 0);
-    job_epilogue_end(w);
-    finish_stopped(w, j);
+    stop_unwound(w, j);
     return;
   }
   /* the error value, its message and the traceback of the dead coroutine */
@@ -931,7 +949,7 @@ static void run(worker *w, weft_job *j, bool start) {
     pthread_mutex_unlock(&p->mu);
   }
   int nres = 0;
-  j->parking = j->preempted = false;
+  j->parking = j->preempted = j->stopping = false;
   weft_job_event ev = {WEFT_JOB_BEGIN, p->name, w->index + 1, j->id, 0};
   weft_job_fn hook = p->rt->cfg.job_hook;
   if (hook != NULL) hook(p->rt->cfg.job_hook_ud, &ev);
@@ -949,6 +967,11 @@ static void run(worker *w, weft_job *j, bool start) {
     ev.what = WEFT_JOB_END;
     ev.finished = status != LUA_YIELD || !(j->parking || j->preempted);
     hook(p->rt->cfg.job_hook_ud, &ev);
+  }
+  if (status == LUA_YIELD && j->stopping) {  /* hard cancel, from the hook */
+    job_epilogue_begin(w, j);
+    stop_unwound(w, j);
+    return;
   }
   if (status == LUA_YIELD && j->preempted) {  /* the rest in a later poll */
     pthread_mutex_lock(&w->mu);

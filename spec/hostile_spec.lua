@@ -9,8 +9,7 @@
 --
 -- The messages asserted are the engine's (engine/pool.c: no_exit,
 -- no_sethook, text_only, the top-level yield, the memory limit's message)
--- and Lua 5.4's own.  The one known limitation (a looping __close handler
--- of a hard-canceled job) is marked pending, with what was seen.
+-- and Lua 5.4's own.
 --
 -- Every wait has a bound (the shared harness, spec/harness.lua: bounded,
 -- await, eventually); pools are closed with a timeout, so a job the engine
@@ -658,11 +657,10 @@ describe("hard cancel against hostile loops", function()
     assert.is_true(took < LOOP / 2)
   end)
 
-  -- Known limitation: a job stopped by hard cancel raised its error from
-  -- a hook, and Lua turns hooks off in a coroutine a hook raised out of
-  -- (lua_resume does not restore them, as pcall does), so the pending
-  -- __close handlers run while it unwinds cannot be interrupted: a looping
-  -- one holds the worker until it returns (pool:close(timeout) reports it).
+  -- The job's own coroutine is stopped by a yield out of the hook (after
+  -- which Lua turns hooks back on, as it does not after an error raised
+  -- from one), so the __close handlers run as the job unwinds are still
+  -- reached by the cancel.
   it("stops a __close handler that loops while a canceled job unwinds", function()
     local p = one_worker()
     local token = token_of(p)
@@ -678,11 +676,7 @@ describe("hard cancel against hostile loops", function()
       return eventually(function() return p:stats().running == 1 end)
     end)
     survives(p, token)
-    if took >= LOOP / 2 then
-      pending(("known limitation: hard cancel does not reach __close handlers run while a hard-canceled "
-        .. "job unwinds (Lua disabled hooks in it): the job ended %.2f s after the cancel"):format(took))
-    end
-    assert.is_true(took < LOOP / 2)
+    assert.is_true(took < LOOP / 2, ("ended %.2f s after the cancel"):format(took))
   end)
 
   it("stops an error value's __tostring that loops", function()
