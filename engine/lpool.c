@@ -378,6 +378,7 @@ static int p_stats(lua_State *L) {
   FIELD(failed);
   FIELD(panicked);
   FIELD(canceled);
+  FIELD(memory_errors);
 #undef FIELD
   static const char *const lat[] = {"latency_p50", "latency_p90",
                                     "latency_p99", "latency_max"};

@@ -126,6 +126,7 @@ struct weft_pool {
   int nactive, npoolwait;    /* npoolwait: active jobs parked on p's work */
   unsigned gen;
   long deadlocks;
+  atomic_long memory_errors;  /* jobs that failed at the memory limit */
   char deadlock_msg[512];
   bool coop;                 /* cooperative: one worker, no thread */
   atomic_bool polling;       /* cooperative: a thread runs it now */
@@ -873,6 +874,7 @@ static void panicked_job(worker *w, weft_job *j, int status) {
   }
   job_epilogue_end(w);
   if (status == LUA_ERRMEM && p->memory_limit > 0) {
+    atomic_fetch_add(&p->memory_errors, 1);
     lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
     char limit[32];
     size_t m = p->memory_limit;
@@ -1444,6 +1446,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   p->memory_limit = cfg->memory_limit;
   atomic_init(&p->polling, false);
   atomic_init(&p->killed, false);
+  atomic_init(&p->memory_errors, 0);
   p->host = pthread_self();
   pthread_mutex_lock(&rt->mu);  /* listed for weft_runtime_close */
   p->rt_next = rt->pools;
@@ -1661,6 +1664,7 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
   pthread_mutex_unlock(&p->mu);
   s->running = atomic_load(&p->running);
   s->parked = atomic_load(&p->parked);
+  s->memory_errors = atomic_load(&p->memory_errors);
 }
 
 size_t weft_pool_memory(weft_pool *p, size_t *out, int n) {

@@ -87,6 +87,7 @@ typedef struct weft_pool_stats {
   long workers, limit, queue, running, parked, queued, inflight;
   long admitted;       /* admitted, not started */
   long submitted, completed, failed, panicked, canceled;
+  long memory_errors;  /* jobs failed at the memory limit (of panicked) */
   double latency[4];   /* submit to finish: p50, p90, p99, max (seconds) */
 } weft_pool_stats;
 

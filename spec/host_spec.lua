@@ -204,6 +204,9 @@ describe("pool memory_limit", function()
     assert.is_false(ok)
     assert.matches("^not enough memory %(limit 8 MB%)", err)
     assert.same({ true, 3 }, { await(p:submit(bounded(), function() return 3 end)) })
+    local s = p:stats()
+    assert.equal(1, s.memory_errors)  -- counted, among the panicked
+    assert.equal(1, s.panicked)
     local other = new_pool { workers = 1 }  -- other pools are untouched
     assert.same({ true, 4 }, { await(other:submit(bounded(), function()
       local t = {} for i = 1, 2e5 do t[i] = ("y"):rep(50) .. i end
