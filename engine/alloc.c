@@ -26,8 +26,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CACHE_MIN 64     /* class c holds blocks of CACHE_MIN << c bytes */
 #define CACHE_DEPTH 256  /* blocks kept per class */
+
+/* The classes' block sizes: steps of at most half a class, so that a
+   block wastes less than a third of itself. */
+static const size_t class_size[WEFT_CACHE_CLASSES] = {64,  128, 192,
+                                                      256, 384, 512};
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CACHE_BUILT false
@@ -43,7 +47,7 @@
 /* The class of a block of n bytes, or -1 when it is not cached. */
 static int class_of(size_t n) {
   for (int c = 0; c < WEFT_CACHE_CLASSES; c++)
-    if (n <= (size_t)CACHE_MIN << c) return c;
+    if (n <= class_size[c]) return c;
   return -1;
 }
 
@@ -87,7 +91,7 @@ bool weft_alloc_init(weft_runtime *rt) {
 void weft_alloc_destroy(weft_runtime *rt) {
   for (int c = 0; c < WEFT_CACHE_CLASSES; c++) {
     weft_block_cache *k = &rt->cache[c];
-    size_t size = (size_t)CACHE_MIN << c;
+    size_t size = class_size[c];
     while (k->head != NULL) {
       void *p = k->head;
       memcpy(&k->head, p, sizeof(void *));
@@ -120,7 +124,7 @@ static void *take(weft_runtime *rt, int c) {
     }
     pthread_mutex_unlock(&k->mu);
   }
-  return p != NULL ? p : rt->alloc(rt->alloc_ud, NULL, 0, (size_t)CACHE_MIN << c);
+  return p != NULL ? p : rt->alloc(rt->alloc_ud, NULL, 0, class_size[c]);
 }
 
 /* Gives a block of class c back to the cache, or to the allocator. */
@@ -137,7 +141,7 @@ static void give(weft_runtime *rt, int c, void *p) {
     pthread_mutex_unlock(&k->mu);
     if (kept) return;
   }
-  rt->alloc(rt->alloc_ud, p, (size_t)CACHE_MIN << c, 0);
+  rt->alloc(rt->alloc_ud, p, class_size[c], 0);
 }
 
 void *weft_alloc(weft_runtime *rt, size_t n) {

@@ -32,7 +32,7 @@ typedef struct weft_udtype {
 
 /* alloc.c: a size class of cached free blocks, and a shard of the live
    counts (each padded to its own cache line). */
-#define WEFT_CACHE_CLASSES 4  /* 64, 128, 256 and 512 bytes */
+#define WEFT_CACHE_CLASSES 6  /* blocks of 64 to 512 bytes */
 #define WEFT_ALLOC_SHARDS 8
 typedef struct weft_block_cache {
   pthread_mutex_t mu;
