@@ -102,12 +102,17 @@ void weft_push_unbound(lua_State *L, const weft_class *cls) {
 }
 
 void weft_bind_handle(lua_State *L, int idx, weft_object *o) {
-  idx = lua_absindex(L, idx);
   ((handle *)lua_touserdata(L, idx))->obj = o;  /* owns it from here */
+}
+
+void weft_cache_handle(lua_State *L, int idx, weft_object *o) {
+  idx = lua_absindex(L, idx);
   push_cache(L);
-  lua_pushvalue(L, idx);
-  lua_rawsetp(L, -2, o);
-  lua_pop(L, 1);
+  if (lua_rawgetp(L, -1, o) == LUA_TNIL) {
+    lua_pushvalue(L, idx);
+    lua_rawsetp(L, -3, o);
+  }
+  lua_pop(L, 2);
 }
 
 void weft_push_object(lua_State *L, weft_object *o) {
@@ -116,10 +121,13 @@ void weft_push_object(lua_State *L, weft_object *o) {
     lua_remove(L, -2);
     return;
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   weft_push_unbound(L, o->cls);
   weft_retain(o);
   weft_bind_handle(L, -1, o);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, -3, o);
+  lua_remove(L, -2);
 }
 
 weft_object *weft_to_object(lua_State *L, int idx) {

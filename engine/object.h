@@ -107,13 +107,17 @@ void weft_push_object(lua_State *L, weft_object *o);
 
 /*
 ** For a call that makes an object: push its handle first, while a failure
-** owns nothing (weft_push_unbound; __gc and methods see a released
-** handle), then bind the new object to it, handing over the caller's
-** reference (weft_bind_handle: the handle owns o before anything can
-** raise).  Both may raise a memory error.
+** owns nothing (weft_push_unbound, which may raise a memory error; __gc
+** and methods see a released handle), then bind the new object to it,
+** handing over the caller's reference (weft_bind_handle never raises).
+** Such a handle is the only one of its new object, so it stays out of the
+** state's cache until it is copied (weft_cache_handle, from the encoder):
+** decoding is the only way the object can come back to the state.
 */
 void weft_push_unbound(lua_State *L, const weft_class *cls);
 void weft_bind_handle(lua_State *L, int idx, weft_object *o);
+/* Puts the handle at idx (of o) in L's cache unless o has one there. */
+void weft_cache_handle(lua_State *L, int idx, weft_object *o);
 
 /* The object of handle at idx if it is a weft handle of any class, else NULL. */
 weft_object *weft_to_object(lua_State *L, int idx);

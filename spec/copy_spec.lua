@@ -333,6 +333,22 @@ describe("weft.copy", function()
   end)
 
   describe("weft handles", function()
+    it("shares a future by reference, also one just made by submit", function()
+      local p = weft.pool { workers = 1 }
+      local f = p:submit(weft.background(), function() return 1 end)
+      assert.equal(f, copy(f))
+      local r = copy { f, { f } }
+      assert.equal(f, r[1])
+      assert.equal(f, r[2][1])
+      local ch = weft.chan(1)
+      local g = p:submit(weft.background(), function() return 2 end)
+      assert(ch:try_send(g))
+      assert.equal(g, ch:try_recv())
+      assert.same({ true, 2 }, { g:wait(weft.with_timeout(weft.background(), 10)) })
+      p:close()
+    end)
+
+
     it("shares contexts by reference", function()
       local ctx = weft.with_cancel(weft.background())
       assert.equal(ctx, copy(ctx))
