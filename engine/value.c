@@ -164,10 +164,14 @@ bool weft_buf_equal(const weft_buf *a, const weft_buf *b) {
 /* ---------------------------------------------------------------------- */
 /* pointer map: object or upvalue address -> id (the encoder's "seen") */
 
+#define PMAP_INLINE 16  /* slots held in the map itself: most copies fit */
+
 typedef struct pmap {
-  const void **keys;
+  const void **keys;  /* ikeys/ivals, or arrays of the runtime's */
   uint64_t *vals;
   size_t cap, n;  /* cap is 0 or a power of 2 */
+  const void *ikeys[PMAP_INLINE];
+  uint64_t ivals[PMAP_INLINE];
 } pmap;
 
 static size_t pmap_slot(const pmap *m, const void *p) {
@@ -187,8 +191,10 @@ static const uint64_t *pmap_get(const pmap *m, const void *p) {
 }
 
 static void pmap_free(weft_runtime *rt, pmap *m) {
-  weft_free(rt, m->keys, m->cap * sizeof *m->keys);
-  weft_free(rt, m->vals, m->cap * sizeof *m->vals);
+  if (m->keys != m->ikeys) {
+    weft_free(rt, m->keys, m->cap * sizeof *m->keys);
+    weft_free(rt, m->vals, m->cap * sizeof *m->vals);
+  }
   m->keys = NULL;
   m->vals = NULL;
   m->cap = m->n = 0;
@@ -196,26 +202,37 @@ static void pmap_free(weft_runtime *rt, pmap *m) {
 
 /* Adds p (not present) -> v; false when out of memory. */
 static bool pmap_put(weft_runtime *rt, pmap *m, const void *p, uint64_t v) {
+  if (m->cap == 0) {  /* the inline slots first */
+    m->keys = m->ikeys;
+    m->vals = m->ivals;
+    m->cap = PMAP_INLINE;
+    memset(m->ikeys, 0, sizeof m->ikeys);
+  }
   if (2 * (m->n + 1) > m->cap) {
-    pmap old = *m;
-    size_t cap = old.cap ? 2 * old.cap : 64;
-    m->keys = weft_alloc(rt, cap * sizeof *m->keys);
-    m->vals = weft_alloc(rt, cap * sizeof *m->vals);
-    if (m->keys == NULL || m->vals == NULL) {
-      weft_free(rt, m->keys, m->keys ? cap * sizeof *m->keys : 0);
-      weft_free(rt, m->vals, m->vals ? cap * sizeof *m->vals : 0);
-      *m = old;
+    const void **okeys = m->keys;
+    uint64_t *ovals = m->vals;
+    size_t ocap = m->cap, cap = 2 * ocap;
+    const void **keys = weft_alloc(rt, cap * sizeof *keys);
+    uint64_t *vals = weft_alloc(rt, cap * sizeof *vals);
+    if (keys == NULL || vals == NULL) {
+      weft_free(rt, keys, keys ? cap * sizeof *keys : 0);
+      weft_free(rt, vals, vals ? cap * sizeof *vals : 0);
       return false;
     }
-    memset(m->keys, 0, cap * sizeof *m->keys);
+    memset(keys, 0, cap * sizeof *keys);
+    m->keys = keys;
+    m->vals = vals;
     m->cap = cap;
-    for (size_t i = 0; i < old.cap; i++)
-      if (old.keys[i] != NULL) {
-        size_t j = pmap_slot(m, old.keys[i]);
-        m->keys[j] = old.keys[i];
-        m->vals[j] = old.vals[i];
+    for (size_t i = 0; i < ocap; i++)
+      if (okeys[i] != NULL) {
+        size_t j = pmap_slot(m, okeys[i]);
+        m->keys[j] = okeys[i];
+        m->vals[j] = ovals[i];
       }
-    pmap_free(rt, &old);
+    if (okeys != m->ikeys) {
+      weft_free(rt, okeys, ocap * sizeof *okeys);
+      weft_free(rt, ovals, ocap * sizeof *ovals);
+    }
   }
   size_t i = pmap_slot(m, p);
   m->keys[i] = p;
@@ -241,11 +258,14 @@ typedef struct eframe {
   lua_Integer i, alen;  /* tables: the array run, its next index */
 } eframe;
 
+#define ENC_FRAMES 8  /* frames held in the encoder itself */
+
 typedef struct enc {
   lua_State *L;
   weft_buf *b;
-  eframe *frames;
+  eframe *frames;  /* iframes, or an array of the runtime's */
   size_t nframes, fcap;
+  eframe iframes[ENC_FRAMES];
   pmap seen;
   int globals;       /* stack slot of the sender's globals */
   int cfuncs;        /* stack slot of the package.loaded index (nil until used) */
@@ -270,7 +290,7 @@ static unsigned char *reserve(enc *e, size_t n) {
   weft_buf *b = e->b;
   if (b->cap - b->len < n) {
     if (b->data == inline_data(b)) {  /* move out of the inline space */
-      size_t cap = 0;
+      size_t cap = 256;  /* one block of the cache's: a function fits */
       unsigned char *p = grow(e, NULL, &cap, b->len + n, 1);
       memcpy(p, b->data, b->len);
       b->data = p;
@@ -396,8 +416,17 @@ static eframe *push_frame(enc *e, int kind, int v) {
   lua_State *L = e->L;
   if (!lua_checkstack(L, 8))
     luaL_error(L, "value nested too deeply to copy (%d levels)", (int)e->nframes);
-  if (e->nframes == e->fcap)
-    e->frames = grow(e, e->frames, &e->fcap, e->nframes + 1, sizeof *e->frames);
+  if (e->nframes == e->fcap) {
+    if (e->frames == e->iframes) {  /* out of the inline frames */
+      size_t cap = e->fcap;
+      eframe *f = grow(e, NULL, &cap, e->nframes + 1, sizeof *f);
+      memcpy(f, e->iframes, sizeof e->iframes);
+      e->frames = f;
+      e->fcap = cap;
+    } else {
+      e->frames = grow(e, e->frames, &e->fcap, e->nframes + 1, sizeof *e->frames);
+    }
+  }
   eframe *f = &e->frames[e->nframes++];
   memset(f, 0, sizeof *f);
   f->kind = kind;
@@ -907,6 +936,8 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   e.n = n;
   e.root = root;
   e.index = index;
+  e.frames = e.iframes;
+  e.fcap = ENC_FRAMES;
   e.b = buf_new(rt, INLINE_DATA);
   if (e.b == NULL) luaL_error(L, "not enough memory");
   e.b->count = n;
@@ -918,7 +949,7 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   lua_pushlightuserdata(L, &e);
   for (int i = 0; i < n; i++) lua_pushvalue(L, idx + i);
   int status = lua_pcall(L, n + 1, 0, 0);
-  weft_free(rt, e.frames, e.fcap * sizeof *e.frames);
+  if (e.frames != e.iframes) weft_free(rt, e.frames, e.fcap * sizeof *e.frames);
   pmap_free(rt, &e.seen);
   if (status != LUA_OK) {
     weft_buf_release(e.b);

@@ -1797,9 +1797,11 @@ static void compare(lua_State *X, int xfirst, lua_State *Y, int yfirst, int n,
     int xv = lua_gettop(X);
     if (lua_type(X, xv - 1) == LUA_TSTRING && lua_istable(X, xv) &&
         map_get(X, "cmp.x.fwd", xv) == 0) {
-      const char *name = lua_tostring(X, xv - 1);
+      size_t len;  /* the name may hold a zero byte: "fz.c\0mod" */
+      const char *name = lua_tolstring(X, xv - 1, &len);
       lua_getfield(Y, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-      lua_getfield(Y, -1, name);
+      lua_pushlstring(Y, name, len);
+      lua_rawget(Y, -2);
       if (lua_istable(Y, -1)) {
         id = ++c.nextid;
         map_set(X, "cmp.x.fwd", "cmp.x.obj", xv, id);
