@@ -615,7 +615,6 @@ static double latency_quantile(weft_pool *p, double q) {
   return p->latency_max;
 }
 
-/* Resolves the job's future, drops its coroutine, gives its slot back. */
 /*
 ** A coroutine that returned (status OK, empty stack, no hook left by a
 ** cancel) starts the next job as a new one would (lua_resume with a
@@ -634,6 +633,8 @@ static void keep_or_drop(worker *w, weft_job *j) {
   }
 }
 
+/* Resolves the job's future, keeps or drops its coroutine, gives its slot
+   back. */
 static void finish(worker *w, weft_job *j, int outcome, int state,
                    weft_buf *result) {
   weft_pool *p = w->pool;
