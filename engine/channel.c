@@ -25,7 +25,7 @@ struct weft_chan {
   weft_runtime *rt;
   pthread_mutex_t mu;
   long cap;
-  weft_buf **ring; /* size slots, grown up to cap */
+  weft_msg *ring; /* size slots, grown up to cap */
   long size, head, count;
   bool closed;
   queue sendq, recvq;
@@ -87,11 +87,16 @@ static void complete(weft_chan_op *op, bool closed) {
 
 /* ---------------------------------------------------------------------- */
 
+void weft_msg_release(weft_msg *m) {
+  if (m->tag == WEFT_MSG_BUF) weft_buf_release(m->u.buf);
+  m->tag = WEFT_MSG_NONE;
+}
+
 static void chan_destroy(weft_object *o) {
   weft_chan *ch = (weft_chan *)o;
   weft_runtime *rt = ch->rt;
   for (long i = 0; i < ch->count; i++)
-    weft_buf_release(ch->ring[(ch->head + i) % ch->size]);
+    weft_msg_release(&ch->ring[(ch->head + i) % ch->size]);
   weft_free(rt, ch->ring, (size_t)ch->size * sizeof *ch->ring);
   pthread_mutex_destroy(&ch->mu);
   weft_free(rt, ch, sizeof *ch);
@@ -122,7 +127,7 @@ static bool ring_reserve(weft_chan *ch) {
   if (ch->count < ch->size) return true;
   long size = ch->size < 8 ? 8 : ch->size * 2;
   if (size > ch->cap) size = ch->cap;
-  weft_buf **ring = weft_alloc(ch->rt, (size_t)size * sizeof *ring);
+  weft_msg *ring = weft_alloc(ch->rt, (size_t)size * sizeof *ring);
   if (ring == NULL) return false;
   for (long i = 0; i < ch->count; i++)
     ring[i] = ch->ring[(ch->head + i) % ch->size];
@@ -133,26 +138,33 @@ static bool ring_reserve(weft_chan *ch) {
   return true;
 }
 
-static void ring_push(weft_chan *ch, weft_buf *v) {
-  ch->ring[(ch->head + ch->count) % ch->size] = v;
+/* Moves *v into the ring (*v is then NONE). */
+static void ring_push(weft_chan *ch, weft_msg *v) {
+  ch->ring[(ch->head + ch->count) % ch->size] = *v;
   ch->count++;
+  v->tag = WEFT_MSG_NONE;
 }
 
-static weft_buf *ring_pop(weft_chan *ch) {
-  weft_buf *v = ch->ring[ch->head];
+static void ring_pop(weft_chan *ch, weft_msg *out) {
+  *out = ch->ring[ch->head];
   ch->head = (ch->head + 1) % ch->size;
   ch->count--;
-  return v;
 }
 
-int weft_chan_try_send(weft_chan *ch, weft_buf *v) {
+/* Moves *from to *to (*from is then NONE). */
+static void msg_move(weft_msg *to, weft_msg *from) {
+  *to = *from;
+  from->tag = WEFT_MSG_NONE;
+}
+
+int weft_chan_try_send(weft_chan *ch, weft_msg *v) {
   int r = WEFT_CHAN_OK;
   pthread_mutex_lock(&ch->mu);
   weft_chan_op *peer;
   if (ch->closed) {
     r = WEFT_CHAN_CLOSED;
   } else if ((peer = take_peer(&ch->recvq)) != NULL) {
-    peer->buf = v;
+    msg_move(&peer->msg, v);
     complete(peer, false);
   } else if (ch->count >= ch->cap) {
     r = WEFT_CHAN_BLOCK;
@@ -165,20 +177,18 @@ int weft_chan_try_send(weft_chan *ch, weft_buf *v) {
   return r;
 }
 
-int weft_chan_try_recv(weft_chan *ch, weft_buf **out) {
+int weft_chan_try_recv(weft_chan *ch, weft_msg *out) {
   int r = WEFT_CHAN_OK;
   pthread_mutex_lock(&ch->mu);
   weft_chan_op *peer;
   if (ch->count > 0) {
-    *out = ring_pop(ch);
+    ring_pop(ch, out);
     if ((peer = take_peer(&ch->sendq)) != NULL) { /* the ring has room */
-      ring_push(ch, peer->buf);
-      peer->buf = NULL;
+      ring_push(ch, &peer->msg);
       complete(peer, false);
     }
   } else if ((peer = take_peer(&ch->sendq)) != NULL) { /* capacity 0 */
-    *out = peer->buf;
-    peer->buf = NULL;
+    msg_move(out, &peer->msg);
     complete(peer, false);
   } else {
     r = ch->closed ? WEFT_CHAN_CLOSED : WEFT_CHAN_BLOCK;

@@ -726,6 +726,97 @@ end)
 
 -------------------------------------------------------------------------------
 describe("copying values", function()
+  -- Booleans, numbers and strings of up to 24 bytes travel inline in the
+  -- channel (no encoded buffer); longer strings and tables are encoded.
+  -- Both kinds must come back exactly, whichever path carried them.
+  local function scalars()
+    local vs = { false, true, 0, 0.0, -0.0, 1, -1, 1.5, 2 ^ 53, 1 / 0, -1 / 0,
+      math.mininteger, math.maxinteger, math.pi, -math.huge, 5e-324,
+      "", "\0", "a\0b", ("x"):rep(23), ("y"):rep(24), ("z"):rep(25), ("\0"):rep(24),
+      ("\255"):rep(24) .. "\0", ("long "):rep(40), { 1, "t" } }
+    for n = 0, 26 do vs[#vs + 1] = ("%02d"):format(n):rep(13):sub(1, n) end
+    return vs
+  end
+  -- Whether got is exactly v: same type, same integer/float subtype, same
+  -- bits for floats (-0.0 vs 0.0), NaN for NaN.
+  local function exact(v, got)
+    if type(v) ~= type(got) then return false end
+    if type(v) == "number" then
+      if math.type(v) ~= math.type(got) then return false end
+      if v ~= v then return got ~= got end
+      return v == got and (v ~= 0 or 1 / v == 1 / got)
+    end
+    if type(v) == "table" then return v[1] == got[1] and v[2] == got[2] end
+    return v == got
+  end
+
+  it("inline scalars round-trip exactly: subtypes, -0.0, NaN, extremes, zero bytes, 24/25-byte strings",
+    function()
+    local vs = scalars()
+    local nan = 0 / 0
+    local ch = weft.chan(#vs + 1)
+    local ctx = bounded()
+    for _, v in ipairs(vs) do assert.is_true(ch:send(ctx, v)) end
+    assert.is_true(ch:try_send(nan))
+    for i, v in ipairs(vs) do
+      local got = ch:recv(ctx)
+      assert.is_true(exact(v, got), ("value %d: %s (%s) came back as %s (%s)"):format(
+        i, tostring(v), math.type(v) or type(v), tostring(got), math.type(got) or type(got)))
+    end
+    local got = ch:try_recv()
+    assert.is_true(got ~= got and math.type(got) == "float", "NaN")
+    -- through select, both ways
+    for i, v in ipairs(vs) do
+      assert.same({ 1, true }, { weft.select(ctx, { { send = ch, value = v } }) })
+      local k, w = weft.select(ctx, { { recv = ch } })
+      assert.equal(1, k)
+      assert.is_true(exact(v, w), "select, value " .. i)
+    end
+  end)
+
+  for _, cap in ipairs { 0, 1 } do
+    it(("inline scalars round-trip exactly between threads, capacity %d (hand-over and parked senders)"):format(cap),
+      function()
+      local p = new_pool { workers = 2, limit = 2 }
+      local vs = scalars()
+      local to, from = weft.chan(cap), weft.chan(cap)
+      -- the job echoes every value back: through a parked receiver
+      -- (cap 0: handed over) and a parked sender (cap 1: moved in)
+      local f = assert(p:submit(root, function(c, inp, out)
+        local n = 0
+        for v in inp:iter(c) do
+          local ok, err = out:send(c, v)
+          if not ok then return false, err end
+          n = n + 1
+        end
+        out:close()
+        return n
+      end, to, from))
+      local ctx = bounded(60)
+      local sender = assert(p:submit(root, function(c, out, list)
+        for _, v in ipairs(list) do
+          local ok, err = out:send(c, v)
+          if not ok then return false, err end
+        end
+        local ok, err = out:send(c, 0 / 0)
+        if not ok then return false, err end
+        out:close()
+        return true
+      end, to, vs))
+      for i, v in ipairs(vs) do
+        local got, err = from:recv(ctx)
+        assert.is_nil(err)
+        assert.is_true(exact(v, got), ("value %d: %s (%s) came back as %s (%s)"):format(
+          i, tostring(v), math.type(v) or type(v), tostring(got), math.type(got) or type(got)))
+      end
+      local got = from:recv(ctx)
+      assert.is_true(got ~= got and math.type(got) == "float", "NaN")
+      assert.same({ nil, CLOSED }, { from:recv(ctx) })
+      assert.same({ true, true }, { await(sender, 60) })
+      assert.same({ true, #vs + 1 }, { await(f, 60) })
+    end)
+  end
+
   it("deep copies a table when it is sent", function()
     local ch = weft.chan(1)
     local t = { name = "job", tags = { "a", "b" } }
