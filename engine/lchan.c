@@ -8,8 +8,9 @@
 ** the call holds what it waits on whatever the script does to its
 ** arguments meanwhile.  Locking: none here (channel.c).  A send encodes
 ** its value before any channel call; a receive decodes after, with
-** weft_buf_decode_release (the buffer is dropped even when decoding
-** raises) or from a buffer the block owns, so a raise leaks nothing.
+** msg_push_release (a buffer is dropped even when decoding raises) or from
+** a message the block owns, so a raise leaks nothing.  A small scalar
+** travels inline in the message (channel.h), with no buffer at all.
 */
 #include <lauxlib.h>
 #include <stdint.h>
@@ -35,6 +36,53 @@ static int push_closed(lua_State *L) {
 
 static int nomem(lua_State *L) { return luaL_error(L, "not enough memory"); }
 
+/* The message of the value at v: inline when it is a small scalar, else
+   encoded (which may raise, leaking nothing). */
+static void msg_encode(lua_State *L, int v, const char *path, weft_msg *m) {
+  switch (lua_type(L, v)) {
+    case LUA_TBOOLEAN:
+      m->tag = lua_toboolean(L, v) ? WEFT_MSG_TRUE : WEFT_MSG_FALSE;
+      return;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, v)) {
+        m->tag = WEFT_MSG_INT;
+        m->u.i = lua_tointeger(L, v);
+      } else {
+        m->tag = WEFT_MSG_FLT;
+        m->u.n = lua_tonumber(L, v);
+      }
+      return;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, v, &len);
+      if (len > WEFT_MSG_SHORT) break;
+      m->tag = WEFT_MSG_STR;
+      m->len = (unsigned char)len;
+      memcpy(m->u.s, s, len);
+      return;
+    }
+    default: break;
+  }
+  weft_buf *b = weft_buf_encode(L, v, 1, path, false);
+  m->tag = WEFT_MSG_BUF;
+  m->u.buf = b;
+}
+
+/* Pushes the value of *m, which is then NONE (a buffer is released even
+   when decoding raises). */
+static void msg_push_release(lua_State *L, weft_msg *m) {
+  weft_msg v = *m;
+  m->tag = WEFT_MSG_NONE;
+  switch (v.tag) {
+    case WEFT_MSG_INT: lua_pushinteger(L, v.u.i); break;
+    case WEFT_MSG_FLT: lua_pushnumber(L, v.u.n); break;
+    case WEFT_MSG_FALSE: lua_pushboolean(L, 0); break;
+    case WEFT_MSG_TRUE: lua_pushboolean(L, 1); break;
+    case WEFT_MSG_STR: lua_pushlstring(L, v.u.s, v.len); break;
+    default: weft_buf_decode_release(L, v.u.buf); break;
+  }
+}
+
 /* ---------------------------------------------------------------------- */
 /* waiting calls */
 
@@ -57,8 +105,7 @@ static void chanwait_hook(void *extra, bool final) {
       weft_chan_dequeue(op);
       continue;
     }
-    weft_buf_release(op->buf);
-    op->buf = NULL;
+    weft_msg_release(&op->msg);
     weft_release((weft_object *)op->ch);
   }
   if (final && w->ctx != NULL) weft_ctx_release(w->ctx);
@@ -84,13 +131,14 @@ static chanwait *chanwait_new(lua_State *L, int n, int ctx_arg, bool select) {
 static void chanwait_add(lua_State *L, chanwait *w, weft_chan *ch, int v,
                          const char *path) {
   weft_chan_op *op = &w->ops[w->n];
-  weft_buf *buf = v != 0 ? weft_buf_encode(L, v, 1, path, false) : NULL;
+  weft_msg msg = {.tag = WEFT_MSG_NONE};
+  if (v != 0) msg_encode(L, v, path, &msg);
   memset(op, 0, sizeof *op);
   weft_retain((weft_object *)ch);
   op->ch = ch;
   op->sel = &w->sel;
   op->send = v != 0;
-  op->buf = buf;
+  op->msg = msg;
   op->index = ++w->n;
   if (w->order != NULL) w->order[op->index - 1] = op->index - 1;
 }
@@ -114,9 +162,7 @@ static int push_outcome(lua_State *L, chanwait *w, weft_chan_op *op,
   if (op->send) {
     lua_pushboolean(L, 1);
   } else {
-    weft_buf *b = op->buf;
-    op->buf = NULL;
-    weft_buf_decode_release(L, b);
+    msg_push_release(L, &op->msg);
   }
   return n + 1;
 }
@@ -135,10 +181,9 @@ static int try_ops(lua_State *L, chanwait *w) {
     weft_chan_op *op = &w->ops[w->order != NULL ? w->order[i] : i];
     int r;
     if (op->send) {
-      r = weft_chan_try_send(op->ch, op->buf);
-      if (r == WEFT_CHAN_OK) op->buf = NULL; /* the channel took it */
+      r = weft_chan_try_send(op->ch, &op->msg); /* OK: the channel took it */
     } else {
-      r = weft_chan_try_recv(op->ch, &op->buf);
+      r = weft_chan_try_recv(op->ch, &op->msg);
     }
     if (r == WEFT_CHAN_NOMEM) return nomem(L);
     if (r != WEFT_CHAN_BLOCK)
@@ -199,18 +244,19 @@ static int c_send(lua_State *L) {
   luaL_argcheck(L, !lua_isnoneornil(L, 3), 3, "cannot send nil");
   lua_settop(L, 3);
   if (weft_ctx_err(ctx) == WEFT_LIVE) { /* fast path: no block */
-    weft_buf *v = weft_buf_encode(L, 3, 1, "value", false);
-    int r = weft_chan_try_send(ch, v);
+    weft_msg v;
+    msg_encode(L, 3, "value", &v);
+    int r = weft_chan_try_send(ch, &v);
     if (r != WEFT_CHAN_BLOCK) {
       if (r == WEFT_CHAN_OK) {
         lua_pushboolean(L, 1);
         return 1;
       }
-      weft_buf_release(v);
+      weft_msg_release(&v);
       if (r == WEFT_CHAN_CLOSED) return push_closed(L);
       return nomem(L);
     }
-    weft_buf_release(v); /* encoded again below, where nothing leaks it */
+    weft_msg_release(&v); /* encoded again below, where nothing leaks it */
   }
   chanwait *w = chanwait_new(L, 1, 2, false);
   chanwait_add(L, w, ch, 3, "value");
@@ -223,10 +269,10 @@ static int recv(lua_State *L) {
   weft_ctx *ctx = weft_check_ctx(L, 2);
   lua_settop(L, 2);
   if (weft_ctx_err(ctx) == WEFT_LIVE) { /* fast path: no block */
-    weft_buf *v;
+    weft_msg v;
     int r = weft_chan_try_recv(ch, &v);
     if (r == WEFT_CHAN_OK) {
-      weft_buf_decode_release(L, v);
+      msg_push_release(L, &v);
       return 1;
     }
     if (r == WEFT_CHAN_CLOSED) return push_closed(L);
@@ -241,13 +287,14 @@ static int c_recv(lua_State *L) { return recv(L); }
 static int c_try_send(lua_State *L) {
   weft_chan *ch = check_chan(L, 1);
   luaL_argcheck(L, !lua_isnoneornil(L, 2), 2, "cannot send nil");
-  weft_buf *v = weft_buf_encode(L, 2, 1, "value", false);
-  int r = weft_chan_try_send(ch, v);
+  weft_msg v;
+  msg_encode(L, 2, "value", &v);
+  int r = weft_chan_try_send(ch, &v);
   if (r == WEFT_CHAN_OK) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  weft_buf_release(v);
+  weft_msg_release(&v);
   if (r == WEFT_CHAN_NOMEM) return nomem(L);
   if (r == WEFT_CHAN_CLOSED) return push_closed(L);
   lua_pushnil(L);
@@ -256,10 +303,10 @@ static int c_try_send(lua_State *L) {
 }
 
 static int c_try_recv(lua_State *L) {
-  weft_buf *v;
+  weft_msg v;
   int r = weft_chan_try_recv(check_chan(L, 1), &v);
   if (r == WEFT_CHAN_OK) {
-    weft_buf_decode_release(L, v);
+    msg_push_release(L, &v);
     return 1;
   }
   if (r == WEFT_CHAN_CLOSED) return push_closed(L);

@@ -237,7 +237,15 @@ static bool defer_new_job(weft_pool *p, worker *w) {
 
 #define CANCEL_SIGNAL SIGURG  /* ignored by default; Go preempts with it */
 
-static _Thread_local worker *tls_worker;  /* a worker thread's own */
+/* A worker thread's own.  Initial-exec: read without __tls_get_addr,
+   although weft.core is dlopen'd (glibc keeps static TLS room for such a
+   pointer).  Through __tls_get_addr, a new thread's first read went
+   through ThreadSanitizer's dynamic-TLS interceptor, whose guess of the
+   block's size from the heap sometimes read garbage, and the run died
+   with "ThreadSanitizer failed to allocate 0x1ec4... bytes" (what spec/run
+   blamed on address randomization). */
+static _Thread_local worker *tls_worker
+    __attribute__((tls_model("initial-exec")));
 
 /* The error that stops j now (its context's, or close's), else WEFT_LIVE. */
 static int stop_error(weft_job *j) {

@@ -290,6 +290,183 @@ describe("no message lost or duplicated", function()
 end)
 
 -------------------------------------------------------------------------------
+-- A buffered channel's ring is used without its lock while no operation is
+-- queued on it (engine/channel.c); these mix that fast path with parked
+-- senders and receivers, select, try_*, close and the ring's growth.
+describe("the lock-free ring and the queued ops", function()
+  local n = SANITIZED and 5000 or 40000
+  it(("keeps FIFO across the fast path, parked senders and parked receivers (%d values, cap 4)"):format(n),
+    function()
+    local p = new_pool { workers = 2, limit = 2 }
+    local ch = weft.chan(4)
+    -- the producer sends by send, try_send and select; the consumer
+    -- receives by recv, try_recv and select, and pauses now and then (the
+    -- producer fills the ring and parks) or hurries (it empties and parks)
+    local prod = assert(p:submit(root, function(c, out, count)
+      for i = 1, count do
+        local k = i % 3
+        if k == 0 then
+          local ok, err = out:send(c, i)
+          if not ok then return false, err end
+        elseif k == 1 then
+          while not out:try_send(i) do
+            local ok, err = out:send(c, i)
+            if not ok then return false, err end
+            break
+          end
+        else
+          local idx, ok = weft.select(c, { { send = out, value = i } })
+          if idx ~= 1 or ok ~= true then return false, ok end
+        end
+      end
+      out:close()
+      return true
+    end, ch, n))
+    local cons = assert(p:submit(root, function(c, inp)
+      local expect = 1
+      while true do
+        local v, err
+        local k = expect % 5
+        if k == 0 then
+          v = inp:try_recv()
+          if v == nil then v, err = inp:recv(c) end
+        elseif k == 1 then
+          local idx
+          idx, v, err = weft.select(c, { { recv = inp } })
+          if idx ~= 1 then return false, "select gave " .. tostring(idx) end
+        else
+          v, err = inp:recv(c)
+        end
+        if v == nil then
+          if err ~= CLOSED then return false, err end
+          break
+        end
+        if v ~= expect then return false, ("got %d where %d was expected"):format(v, expect) end
+        expect = expect + 1
+        if expect % 1000 == 0 then weft.sleep(c, 0.002) end
+      end
+      return expect - 1
+    end, ch))
+    assert.same({ true, true }, { await(prod, 120) })
+    assert.same({ true, n }, { await(cons, 120) })
+  end)
+
+  it("a send that returned true was received once: 2 producer jobs racing a close by the consumer job (cap 64)",
+    function()
+    local p = new_pool { workers = 2, limit = 3 }
+    local ch = weft.chan(64)
+    local fs = {}
+    for id = 1, 2 do
+      fs[id] = assert(p:submit(root, function(c, out, me)
+        local sent, i = {}, 0
+        while true do
+          i = i + 1
+          local v = me * 10000000 + i
+          local ok, err
+          if i % 2 == 0 then ok, err = out:send(c, v) else ok, err = out:try_send(v) end
+          if ok then
+            sent[#sent + 1] = v
+          elseif err ~= "full" then
+            return sent, err
+          end
+        end
+      end, ch, id))
+    end
+    local fc = assert(p:submit(root, function(c, inp, count)
+      local got = {}
+      for _ = 1, count do
+        local v, err = inp:recv(c)
+        if v == nil then return false, err end
+        got[#got + 1] = v
+      end
+      inp:close()
+      while true do
+        local v, err = inp:recv(c)
+        if v == nil then
+          if err ~= CLOSED then return false, err end
+          break
+        end
+        got[#got + 1] = v
+      end
+      -- closed and drained stays so
+      local v, err = inp:try_recv()
+      if v ~= nil or err ~= CLOSED then return false, "after the drain: " .. tostring(v) end
+      return got
+    end, ch, SANITIZED and 5000 or 50000))
+    local ok, got, cerr = await(fc, 120)
+    assert.is_true(ok, got)
+    assert.is_table(got, cerr)
+    local sent, nsent = {}, 0
+    for id = 1, 2 do
+      local fine, list, err = await(fs[id], 60)
+      assert.is_true(fine, list)
+      assert.equal(CLOSED, err)
+      for _, v in ipairs(list) do
+        sent[v] = true
+        nsent = nsent + 1
+      end
+    end
+    local seen, last = {}, { 0, 0 }
+    for _, v in ipairs(got) do
+      assert.is_nil(seen[v], "received twice: " .. v)
+      seen[v] = true
+      assert.is_true(sent[v] == true, "received but its send did not return true: " .. v)
+      local id, i = v // 10000000, v % 10000000
+      assert.is_true(i > last[id], "out of order for producer " .. id)
+      last[id] = i
+    end
+    assert.equal(nsent, #got, "sends that returned true vs values received")
+  end)
+
+  it("a capacity above 16,384 grows under the lock, then runs lock-free at its full size; FIFO across the wrap",
+    function()
+    local cap = 20000
+    local ch = weft.chan(cap)
+    for i = 1, cap do assert.is_true(ch:try_send(i)) end
+    assert.equal(cap, ch:len())
+    assert.same({ nil, "full" }, { ch:try_send(0) })
+    local ctx = bounded()
+    for i = 1, cap // 2 do assert.equal(i, ch:recv(ctx)) end
+    assert.equal(cap // 2, ch:len())
+    for i = cap + 1, cap + cap // 2 do assert.is_true(ch:send(ctx, i)) end
+    assert.same({ nil, "full" }, { ch:try_send(0) })
+    ch:close()
+    for i = cap // 2 + 1, cap + cap // 2 do assert.equal(i, ch:recv(ctx)) end
+    assert.same({ nil, CLOSED }, { ch:recv(ctx) })
+    assert.equal(0, ch:len())
+  end)
+
+  it("capacity 1 between two jobs: every hand-over in order, len never above 1", function()
+    local p = new_pool { workers = 2, limit = 2 }
+    local ch = weft.chan(1)
+    local m = SANITIZED and 2000 or 20000
+    local prod = assert(p:submit(root, function(c, out, count)
+      local maxlen = 0
+      for i = 1, count do
+        local ok, err = out:send(c, i)
+        if not ok then return false, err end
+        local l = out:len()
+        if l > maxlen then maxlen = l end
+      end
+      out:close()
+      return maxlen
+    end, ch, m))
+    local cons = assert(p:submit(root, function(c, inp)
+      local expect = 1
+      for v in inp:iter(c) do
+        if v ~= expect then return false, ("got %d where %d was expected"):format(v, expect) end
+        expect = expect + 1
+      end
+      return expect - 1
+    end, ch))
+    local ok, maxlen = await(prod, 60)
+    assert.is_true(ok, maxlen)
+    assert.is_true(maxlen <= 1, "len " .. tostring(maxlen))
+    assert.same({ true, m }, { await(cons, 60) })
+  end)
+end)
+
+-------------------------------------------------------------------------------
 describe("unbuffered hand-over", function()
   it("send on cap 0 from main returns only once a job's receive took the value", function()
     local p = new_pool { workers = 1 }
@@ -726,6 +903,97 @@ end)
 
 -------------------------------------------------------------------------------
 describe("copying values", function()
+  -- Booleans, numbers and strings of up to 24 bytes travel inline in the
+  -- channel (no encoded buffer); longer strings and tables are encoded.
+  -- Both kinds must come back exactly, whichever path carried them.
+  local function scalars()
+    local vs = { false, true, 0, 0.0, -0.0, 1, -1, 1.5, 2 ^ 53, 1 / 0, -1 / 0,
+      math.mininteger, math.maxinteger, math.pi, -math.huge, 5e-324,
+      "", "\0", "a\0b", ("x"):rep(23), ("y"):rep(24), ("z"):rep(25), ("\0"):rep(24),
+      ("\255"):rep(24) .. "\0", ("long "):rep(40), { 1, "t" } }
+    for n = 0, 26 do vs[#vs + 1] = ("%02d"):format(n):rep(13):sub(1, n) end
+    return vs
+  end
+  -- Whether got is exactly v: same type, same integer/float subtype, same
+  -- bits for floats (-0.0 vs 0.0), NaN for NaN.
+  local function exact(v, got)
+    if type(v) ~= type(got) then return false end
+    if type(v) == "number" then
+      if math.type(v) ~= math.type(got) then return false end
+      if v ~= v then return got ~= got end
+      return v == got and (v ~= 0 or 1 / v == 1 / got)
+    end
+    if type(v) == "table" then return v[1] == got[1] and v[2] == got[2] end
+    return v == got
+  end
+
+  it("inline scalars round-trip exactly: subtypes, -0.0, NaN, extremes, zero bytes, 24/25-byte strings",
+    function()
+    local vs = scalars()
+    local nan = 0 / 0
+    local ch = weft.chan(#vs + 1)
+    local ctx = bounded()
+    for _, v in ipairs(vs) do assert.is_true(ch:send(ctx, v)) end
+    assert.is_true(ch:try_send(nan))
+    for i, v in ipairs(vs) do
+      local got = ch:recv(ctx)
+      assert.is_true(exact(v, got), ("value %d: %s (%s) came back as %s (%s)"):format(
+        i, tostring(v), math.type(v) or type(v), tostring(got), math.type(got) or type(got)))
+    end
+    local got = ch:try_recv()
+    assert.is_true(got ~= got and math.type(got) == "float", "NaN")
+    -- through select, both ways
+    for i, v in ipairs(vs) do
+      assert.same({ 1, true }, { weft.select(ctx, { { send = ch, value = v } }) })
+      local k, w = weft.select(ctx, { { recv = ch } })
+      assert.equal(1, k)
+      assert.is_true(exact(v, w), "select, value " .. i)
+    end
+  end)
+
+  for _, cap in ipairs { 0, 1 } do
+    it(("inline scalars round-trip exactly between threads, capacity %d (hand-over and parked senders)"):format(cap),
+      function()
+      local p = new_pool { workers = 2, limit = 2 }
+      local vs = scalars()
+      local to, from = weft.chan(cap), weft.chan(cap)
+      -- the job echoes every value back: through a parked receiver
+      -- (cap 0: handed over) and a parked sender (cap 1: moved in)
+      local f = assert(p:submit(root, function(c, inp, out)
+        local n = 0
+        for v in inp:iter(c) do
+          local ok, err = out:send(c, v)
+          if not ok then return false, err end
+          n = n + 1
+        end
+        out:close()
+        return n
+      end, to, from))
+      local ctx = bounded(60)
+      local sender = assert(p:submit(root, function(c, out, list)
+        for _, v in ipairs(list) do
+          local ok, err = out:send(c, v)
+          if not ok then return false, err end
+        end
+        local ok, err = out:send(c, 0 / 0)
+        if not ok then return false, err end
+        out:close()
+        return true
+      end, to, vs))
+      for i, v in ipairs(vs) do
+        local got, err = from:recv(ctx)
+        assert.is_nil(err)
+        assert.is_true(exact(v, got), ("value %d: %s (%s) came back as %s (%s)"):format(
+          i, tostring(v), math.type(v) or type(v), tostring(got), math.type(got) or type(got)))
+      end
+      local got = from:recv(ctx)
+      assert.is_true(got ~= got and math.type(got) == "float", "NaN")
+      assert.same({ nil, CLOSED }, { from:recv(ctx) })
+      assert.same({ true, true }, { await(sender, 60) })
+      assert.same({ true, #vs + 1 }, { await(f, 60) })
+    end)
+  end
+
   it("deep copies a table when it is sent", function()
     local ch = weft.chan(1)
     local t = { name = "job", tags = { "a", "b" } }
