@@ -446,17 +446,21 @@ static void push_cmod(lua_State *L, int nul, lua_CFunction fn) {
 }
 
 /* The machine's modules in a receiving state: mode 1 has them all (fz.mod
-   through package.preload, fz.cmod (and its twin with a zero in its name
-   when the sender has it: `nul`) and fz.fmod with the same C functions),
-   mode 2 has them differently (fz.mod fails to load, other C functions),
-   mode 0 lacks them. */
-static void setup_receiver(lua_State *L, int mode, int nul) {
+   through package.preload, fz.cmod and its twin with a zero in its name
+   as the sender has them (`cmods`: bit 0 fz.cmod, bit 1 the twin; fz.cmod
+   when it has neither), and fz.fmod with the same C functions), mode 2
+   has them differently (fz.mod fails to load, other C functions), mode 0
+   lacks them.  A receiver with a name of a C function the sender lacks
+   could send it back by that name (A->B->A). */
+static void setup_receiver(lua_State *L, int mode, int cmods) {
   if (mode == 0) return;
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, mode == 1 ? preload_mod : preload_fail);
   lua_setfield(L, -2, "fz.mod");
   lua_pop(L, 1);
-  for (int twin = 0; twin <= nul; twin++) {
+  if (cmods == 0) cmods = 1;
+  for (int twin = 0; twin <= 1; twin++) {
+    if (!(cmods >> twin & 1)) continue;
     push_cmod(L, twin, mode == 1 ? stray_cfunction : module_cfunction);
     lua_pop(L, 1);
   }
@@ -531,7 +535,8 @@ typedef struct fz {
   int fail_engine; /* ... the engine's allocator (else the state's) ... */
   long fail_after; /* ... fails after this many allocations */
   int recv_mods;   /* OP_MODULE: the receivers' modules (setup_receiver) */
-  int nul_mod;     /* OP_MODULE: A has the module named with a zero */
+  int cmods;       /* OP_MODULE: A's fz.cmod (bit 0) and its twin named
+                      with a zero byte (bit 1) */
 } fz;
 
 /* build_k's fixed slots; the machine's stack is above S_BASE */
@@ -911,7 +916,7 @@ static void op_module(lua_State *L, fz *f) {
       room(L);
       push_cmod(L, nul, stray_cfunction);
       add(L, S_ANCHOR);
-      f->nul_mod |= nul;
+      f->cmods |= 1 << nul;
       break;
     }
     case 3:
@@ -2073,7 +2078,7 @@ static void run(weft_runtime *rt, const uint8_t *data, size_t size) {
 
   B = new_state(rt, &mem[1]);
   set_gc(B, h0 >> 2);
-  setup_receiver(B, f.recv_mods, f.nul_mod);
+  setup_receiver(B, f.recv_mods, f.cmods);
   int dec_must = (must & (W_BOX_IN | W_MODFN)) ||
                  ((must & W_CUSTOM) && f.recv_mods != 1) ||
                  ((must & W_CUSTOM0) && f.recv_mods == 0);
@@ -2127,7 +2132,7 @@ static void run(weft_runtime *rt, const uint8_t *data, size_t size) {
   C = h0 & 0x40 ? A : new_state(rt, &mem[2]);
   if (C != A) { /* (A has every module B's values name) */
     set_gc(C, h0 >> 4);
-    setup_receiver(C, f.recv_mods, f.nul_mod);
+    setup_receiver(C, f.recv_mods, f.cmods);
   }
   int cfirst = lua_gettop(C) + 1;
   memctl *mc = C == A ? &mem[0] : &mem[2];
