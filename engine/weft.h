@@ -48,9 +48,10 @@ typedef void (*weft_panic_fn)(void *ud, const char *pool, const char *msg,
    fails to start with that message.  The worker thread. */
 typedef void (*weft_init_state_fn)(lua_State *L, void *ud);
 
-/* A worker thread starts (before its state exists) or stops (after its
-   state is closed): name it, pin it, set its priority.  The worker
-   thread itself; index counts from 1 within the pool. */
+/* A worker thread starts (before init_state runs in its state, which the
+   thread making the pool has built) or stops (after its state is closed):
+   name it, pin it, set its priority.  The worker thread itself; index
+   counts from 1 within the pool. */
 typedef void (*weft_thread_fn)(void *ud, const char *pool, int index);
 
 /* Job events for profilers, on the worker thread: BEGIN when a job starts
