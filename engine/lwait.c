@@ -3,14 +3,22 @@
 ** a block is a userdata holding the park of one waiting call and its
 ** registrations with the sources it waits on.
 **
-** Owns: the block (and the deadline context of a timeout).  Locking: none
-** here; registration takes each source's lock, waking takes leaf locks
+** Owns: the block, and its timeout: an entry of the runtime's timer
+** embedded in the block (no context to allocate).  Locking: none here;
+** registration takes each source's lock, waking takes leaf locks
 ** (wait.h).  Nothing registered survives a block: reset runs before every
-** check, and __gc runs it when an error unwinds past the call.
+** check, and __gc runs it when an error unwinds past the call.  The
+** timeout entry wakes the park only while the block is armed (tstate, a
+** compare-and-swap under the timer's lock: claim); reset disarms it and
+** waits out a wake in progress, so the park (and its job) outlive it; __gc
+** unqueues the entry before the block's memory goes.
 */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -25,11 +33,16 @@
 #define MAX_SOURCES 4
 
 enum { SRC_CTX, SRC_FUTURE, SRC_ADMIT, SRC_IDLE };
+enum { T_OFF, T_ARMED, T_FIRING, T_FIRED };  /* a timeout's state */
 
 struct weft_block {
   weft_park park;
   bool park_ready;
-  weft_ctx *timer;  /* a deadline context for the timeout, retained */
+  weft_runtime *rt;          /* retained while the timeout is queued */
+  weft_timer_entry timeout;  /* queued at the deadline, while timed */
+  double deadline;
+  bool timed;
+  atomic_int tstate;         /* T_*: whether the timeout may wake now */
   void (*hook)(void *extra, bool final);  /* extra registrations */
   void *extra;
   int xkind;     /* what the extra registrations wait for (deadlocks) */
@@ -43,7 +56,20 @@ struct weft_block {
   } src[MAX_SOURCES];
 };
 
+/* The timeout may no longer wake the park; a wake in progress is over
+   when this returns. */
+static void disarm(weft_block *b) {
+  int st = T_ARMED;
+  if (atomic_compare_exchange_strong(&b->tstate, &st, T_OFF)) return;
+  while (st == T_FIRING) {  /* on the timer thread, a few instructions */
+    sched_yield();
+    st = atomic_load(&b->tstate);
+  }
+  atomic_store(&b->tstate, T_OFF);
+}
+
 void weft_block_reset(weft_block *b) {
+  disarm(b);
   if (b->hook != NULL) b->hook(b->extra, false);
   for (int i = 0; i < b->n; i++) {
     weft_waiter *w = &b->src[i].pw.w;
@@ -58,13 +84,37 @@ void weft_block_reset(weft_block *b) {
   if (b->park.job == NULL) b->park.woken = false;
 }
 
+static weft_block *of_entry(weft_timer_entry *e) {
+  return (weft_block *)((char *)e - offsetof(weft_block, timeout));
+}
+
+/* Under the timer's lock: the due timeout wakes the park if armed. */
+static bool timeout_claim(weft_timer_entry *e) {
+  int st = T_ARMED;
+  return atomic_compare_exchange_strong(&of_entry(e)->tstate, &st, T_FIRING);
+}
+
+static void timeout_fire(weft_timer_entry *e) {
+  weft_block *b = of_entry(e);
+  weft_park_wake(&b->park);
+  atomic_store(&b->tstate, T_FIRED);
+}
+
+/* Unqueues the timeout (disarmed already) and lets the runtime go. */
+static void drop_timeout(weft_block *b) {
+  if (!b->timed) return;
+  weft_timer_remove(&b->rt->timer, &b->timeout);
+  weft_runtime_release(b->rt);
+  b->rt = NULL;
+  b->timed = false;
+}
+
 static int block_gc(lua_State *L) {
   weft_block *b = lua_touserdata(L, 1);
   if (!b->park_ready) return 0;
   weft_block_reset(b);
   if (b->hook != NULL) b->hook(b->extra, true);
-  if (b->timer != NULL) weft_ctx_release(b->timer);
-  b->timer = NULL;
+  drop_timeout(b);
   weft_park_destroy(&b->park);
   b->park_ready = false;
   return 0;
@@ -78,6 +128,7 @@ weft_block *weft_block_new_ex(lua_State *L, size_t extra,
                               void (*hook)(void *extra, bool final)) {
   weft_block *b = lua_newuserdatauv(L, EXTRA_OFFSET + extra, 0);
   memset(b, 0, EXTRA_OFFSET + extra);
+  b->timeout.index = SIZE_MAX;  /* not queued */
   if (extra > 0) b->extra = (char *)b + EXTRA_OFFSET;
   if (luaL_newmetatable(L, BLOCK_MT)) {
     lua_pushcfunction(L, block_gc);
@@ -105,16 +156,23 @@ void weft_block_set_wait(weft_block *b, int kind, void *target) {
 weft_park *weft_block_park(weft_block *b) { return &b->park; }
 
 void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
-  if (isinf(seconds) || b->timer != NULL) return;
+  if ((isinf(seconds) && seconds > 0) || b->timed) return;
   weft_runtime *rt = weft_runtime_of(L);
-  b->timer = weft_ctx_new(rt, weft_ctx_background(rt), weft_now() + seconds);
-  if (b->timer == NULL) luaL_error(L, "weft: cannot arm a timeout: %s",
-                                   strerror(errno));
+  b->deadline = weft_now() + (seconds > 0 ? seconds : 0);  /* NaN: now */
+  b->timeout.claim = timeout_claim;
+  b->timeout.fire = timeout_fire;
+  atomic_store(&b->tstate, T_OFF);
+  int e = weft_timer_add(&rt->timer, &b->timeout, b->deadline);
+  if (e != 0)
+    luaL_error(L, "weft: cannot arm a timeout: %s", strerror(e));
+  weft_runtime_retain(rt);
+  b->rt = rt;
+  b->timed = true;
 }
 
 void weft_block_rearm(lua_State *L, weft_block *b, double seconds) {
-  if (b->timer != NULL) weft_ctx_release(b->timer);
-  b->timer = NULL;
+  disarm(b);
+  drop_timeout(b);
   weft_block_set_timeout(L, b, seconds);
 }
 
@@ -138,8 +196,16 @@ static weft_park_waiter *add(weft_block *b, int kind, void *obj) {
   } while (0)
 
 bool weft_block_on_timeout(weft_block *b) {
-  if (b->timer == NULL) return true;
-  REGISTER(b, SRC_CTX, b->timer, weft_ctx_add_waiter);
+  if (!b->timed) return true;
+  if (weft_now() >= b->deadline) return false;
+  atomic_store(&b->tstate, T_ARMED);
+  /* due meanwhile: its claim may have come before the store and dropped
+     it (the timer's clock is ours, so now says so too) */
+  if (weft_now() >= b->deadline) {
+    disarm(b);
+    return false;
+  }
+  return true;
 }
 
 bool weft_block_on_ctx(weft_block *b, weft_ctx *c) {
