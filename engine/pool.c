@@ -92,6 +92,7 @@ struct worker {
   bool warnings_off;
   size_t mem;                    /* the state's bytes (its thread only) */
   int unswept;                   /* jobs since the last collector step */
+  lua_CFunction pcall_fn, xpcall_fn;  /* the base library's */
   lua_State *spare[SPARE_COROUTINES];  /* finished job coroutines, clean */
   int spare_ref[SPARE_COROUTINES];     /* their registry references */
   int nspare;
@@ -256,17 +257,34 @@ static int stop_error(weft_job *j) {
 
 static void arm_hook(lua_State *co);
 
+/* Whether the coroutine L runs inside a pcall or xpcall (the base
+   library's, noted as the worker's state was built). */
+static bool in_pcall(worker *w, lua_State *L) {
+  lua_Debug d;
+  for (int level = 0; lua_getstack(L, level, &d); level++) {
+    if (!lua_getinfo(L, "f", &d)) break;
+    lua_CFunction f = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (f != NULL && (f == w->pcall_fn || f == w->xpcall_fn)) return true;
+  }
+  return false;
+}
+
 static void cancel_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   weft_job *j = w != NULL ? atomic_load(&w->current) : NULL;
   if (j == NULL || (j->co != L && atomic_load(&w->inner) != L)) return;
   int err = stop_error(j);
   if (err != WEFT_LIVE && ar->event == LUA_HOOKCOUNT && L == j->co &&
-      lua_isyieldable(L) && !j->stopping) {
-    /* The job's own coroutine stops by yielding out of the hook: no pcall
-       can catch that, and Lua turns hooks back on after a hook that
-       yields (not after one that raises), so the stop still reaches the
-       __close handlers run as the job is unwound (stop_unwound). */
+      lua_isyieldable(L) && !j->stopping && !in_pcall(w, L)) {
+    /* Outside any pcall, the job's own coroutine stops by yielding out of
+       the hook: Lua turns hooks back on after a hook that yields (not
+       after one that raises, in a coroutine that then dies), so the stop
+       still reaches the __close handlers run as the job is unwound
+       (stop_unwound).  Inside a pcall the hook raises, so that the job
+       sees its error (a group's job reports its failure and its time);
+       the pcall restores the hooks, and the next instruction after it
+       meets the hook again. */
     j->stopping = true;
     lua_yield(L, 0);
     return;
@@ -1120,6 +1138,11 @@ static int build_k(lua_State *L) {
   worker *w = lua_touserdata(L, 1);
   weft_pool *p = w->pool;
   luaL_openlibs(L);
+  lua_getglobal(L, "pcall");
+  w->pcall_fn = lua_tocfunction(L, -1);
+  lua_getglobal(L, "xpcall");
+  w->xpcall_fn = lua_tocfunction(L, -1);
+  lua_pop(L, 2);
   /* WEFT_GC_STRESS=1 (a test setting, make gc-stress): the collector at
      its most eager, so that every allocation may run a collection step */
   const char *stress = getenv("WEFT_GC_STRESS");

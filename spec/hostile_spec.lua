@@ -679,6 +679,27 @@ describe("hard cancel against hostile loops", function()
     assert.is_true(took < LOOP / 2, ("ended %.2f s after the cancel"):format(took))
   end)
 
+  it("stops a __close handler that loops as a pcall inside the canceled job unwinds", function()
+    local p = one_worker()
+    local token = token_of(p)
+    local ctx, cancel = weft.with_cancel(root)
+    local f = p:submit(ctx, function(_, loop, s)
+      pcall(function()
+        local _ <close> = setmetatable({}, { __close = function()
+          local deadline = weft.now() + loop
+          while weft.now() < deadline do local _ = {} end
+        end })
+        s()
+      end)
+      return "went on after the pcall"
+    end, LOOP, spin)
+    local took = cancel_and_time(f, cancel, function()
+      return eventually(function() return p:stats().running == 1 end)
+    end)
+    survives(p, token)
+    assert.is_true(took < LOOP / 2, ("ended %.2f s after the cancel"):format(took))
+  end)
+
   it("stops an error value's __tostring that loops", function()
     local p = one_worker()
     local token = token_of(p)
