@@ -130,6 +130,14 @@ void weft_push_object(lua_State *L, weft_object *o) {
   lua_remove(L, -2);
 }
 
+bool weft_is_handle(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+    return false;
+  int is_handle = lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA;
+  lua_pop(L, 2);
+  return is_handle;
+}
+
 weft_object *weft_to_object(lua_State *L, int idx) {
   handle *h = lua_touserdata(L, idx);
   if (h == NULL || lua_islightuserdata(L, idx) || !lua_getmetatable(L, idx))

@@ -119,6 +119,10 @@ void weft_bind_handle(lua_State *L, int idx, weft_object *o);
 /* Puts the handle at idx (of o) in L's cache unless o has one there. */
 void weft_cache_handle(lua_State *L, int idx, weft_object *o);
 
+/* Whether the value at idx is a weft handle of any class, released or not
+   (its __gc ran: a finalizer that resurrects it can still reach it). */
+bool weft_is_handle(lua_State *L, int idx);
+
 /* The object of handle at idx if it is a weft handle of any class, else NULL. */
 weft_object *weft_to_object(lua_State *L, int idx);
 

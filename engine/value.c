@@ -757,6 +757,8 @@ static void encode_value(enc *e, int v) {
     case LUA_TUSERDATA: {
       weft_object *o = weft_to_object(L, v);
       if (o == NULL) {
+        if (weft_is_handle(L, v))  /* reached again through a finalizer */
+          return (void)refuse(e, v, " (a released handle: its __gc ran)");
         encode_udata(e, v);
         break;
       }

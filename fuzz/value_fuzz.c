@@ -56,7 +56,9 @@
 ** may arrive with one entry; weak tables may lose entries whose key or
 ** value is collectable; host userdata is rebuilt per occurrence (its
 ** identity is not kept); an upvalue shared (debug.upvaluejoin) between an
-** _ENV and another name is written after whichever the encoder meets first.
+** _ENV and another name is written after whichever the encoder meets first;
+** a handle reached again through a finalizer after B's collector released
+** it is refused ("a released handle").
 */
 #include <stdarg.h>
 #include <stdint.h>
@@ -2118,8 +2120,16 @@ static void run(weft_runtime *rt, const uint8_t *data, size_t size) {
   st = encode(B, 1, n, &j);
   disarm(rt, &mem[1]);
   if (st != LUA_OK) {
+    const char *why = lua_tostring(B, -1);
+    /* documented: a handle reached again through a finalizer (B's
+       collector ran it, the copy resurrected by another finalizer) is
+       released and refused */
+    if (why != NULL && strstr(why, "(a released handle: its __gc ran)")) {
+      TRACE("  B: a released handle refused\n");
+      goto done;
+    }
     if (f.fail_phase != PH_ENCODE_B)
-      die("encoding the copy failed: %s", lua_tostring(B, -1));
+      die("encoding the copy failed: %s", why);
     check_oom(B, n, "encoding in B");
     goto done;
   }

@@ -333,6 +333,22 @@ describe("weft.copy", function()
   end)
 
   describe("weft handles", function()
+    it("refuses a handle the collector released (reached again through a finalizer)", function()
+      local msg
+      do
+        local holder = {}
+        -- made before the handle, so finalized after it (Lua runs
+        -- finalizers in the reverse order they were marked)
+        setmetatable({}, { __gc = function()
+          msg = select(2, pcall(weft.copy, holder))
+        end })
+        holder.t = { [weft.with_cancel(weft.background())] = true }
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.matches("cannot copy userdata %(weft.context%) %(a released handle: its __gc ran%) as a table key", msg)
+    end)
+
     it("shares a future by reference, also one just made by submit", function()
       local p = weft.pool { workers = 1 }
       local f = p:submit(weft.background(), function() return 1 end)
