@@ -17,8 +17,9 @@
 ** Locking: each class has its own mutex (adaptive: its critical sections
 ** are a few instructions), a leaf taken alone.  The counts are atomic.
 ** The cache is off under AddressSanitizer and when WEFT_NO_BLOCK_CACHE=1
-** (spec/run sets it for valgrind): reused blocks would hide a use after
-** free from them.
+** (spec/run sets it for valgrind and the allocation sweep; the fuzz
+** target too): reused blocks would hide a use after free from them, and
+** the sweep wants every allocation to reach its failing allocator.
 */
 #include "runtime.h"
 
@@ -28,8 +29,8 @@
 
 #define CACHE_DEPTH 256  /* blocks kept per class */
 
-/* The classes' block sizes: steps of at most half a class, so that a
-   block wastes less than a third of itself. */
+/* The classes' block sizes: past 128 bytes, steps of at most half a
+   class, so that a block wastes less than a third of itself. */
 static const size_t class_size[WEFT_CACHE_CLASSES] = {64,  128, 192,
                                                       256, 384, 512};
 
