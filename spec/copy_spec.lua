@@ -338,11 +338,13 @@ describe("weft.copy", function()
       do
         local holder = {}
         -- made before the handle, so finalized after it (Lua runs
-        -- finalizers in the reverse order they were marked)
-        setmetatable({}, { __gc = function()
+        -- finalizers in the reverse order they were marked); both become
+        -- garbage at once, at the end of this block
+        local fin = setmetatable({}, { __gc = function()
           msg = select(2, pcall(weft.copy, holder))
         end })
         holder.t = { [weft.with_cancel(weft.background())] = true }
+        assert(fin)
       end
       collectgarbage()
       collectgarbage()
