@@ -45,6 +45,7 @@ build = {
         "engine/lwait.c",
         "engine/lweft.c",
         "engine/object.c",
+        "engine/pmap.c",
         "engine/pool.c",
         "engine/runtime.c",
         "engine/timer.c",

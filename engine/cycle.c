@@ -91,6 +91,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "pmap.h"
 #include "runtime.h"
 #include "value.h"
 
@@ -174,9 +175,7 @@ typedef struct run {
   size_t nn, ncap;
   uint32_t *edges;
   size_t ne, ecap;
-  void **keys;        /* pointer -> node index (open addressing) */
-  uint32_t *vals;
-  size_t mcap, mn;
+  weft_pmap map;      /* pointer -> node index */
   size_t at, end;     /* M_COMPARE: the edges expected */
   bool same;
 } run;
@@ -195,54 +194,18 @@ static bool grow(run *r, void **p, size_t *cap, size_t need, size_t size) {
   return true;
 }
 
-static size_t slot(const run *r, const void *p) {
-  uint64_t x = (uint64_t)(uintptr_t)p;
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  size_t i = (size_t)x & (r->mcap - 1);
-  while (r->keys[i] != NULL && r->keys[i] != p) i = (i + 1) & (r->mcap - 1);
-  return i;
-}
-
-static bool map_grow(run *r) {
-  if (2 * (r->mn + 1) <= r->mcap) return true;
-  size_t ocap = r->mcap, ncap = ocap ? 2 * ocap : 64;
-  void **okeys = r->keys;
-  uint32_t *ovals = r->vals;
-  void **keys = weft_alloc(r->rt, ncap * sizeof *keys);
-  uint32_t *vals = weft_alloc(r->rt, ncap * sizeof *vals);
-  if (keys == NULL || vals == NULL) {
-    weft_free(r->rt, keys, keys ? ncap * sizeof *keys : 0);
-    weft_free(r->rt, vals, vals ? ncap * sizeof *vals : 0);
-    r->nomem = true;
-    return false;
-  }
-  memset(keys, 0, ncap * sizeof *keys);
-  r->keys = keys;
-  r->vals = vals;
-  r->mcap = ncap;
-  for (size_t i = 0; i < ocap; i++)
-    if (okeys[i] != NULL) {
-      size_t j = slot(r, okeys[i]);
-      r->keys[j] = okeys[i];
-      r->vals[j] = ovals[i];
-    }
-  weft_free(r->rt, okeys, ocap * sizeof *okeys);
-  weft_free(r->rt, ovals, ocap * sizeof *ovals);
-  return true;
-}
-
 /* The index of p's node, added (and retained, when looked into) if new;
    UINT32_MAX when out of memory. */
 static uint32_t node_of(run *r, void *p, int kind) {
-  if (r->mcap > 0) {
-    size_t i = slot(r, p);
-    if (r->keys[i] == p) return r->vals[i];
-  }
-  if (r->nn >= UINT32_MAX - 1 || !map_grow(r) ||
+  const uint64_t *at = weft_pmap_get(&r->map, p);
+  if (at != NULL) return (uint32_t)*at;
+  if (r->nn >= UINT32_MAX - 1 ||
       !grow(r, (void **)&r->nodes, &r->ncap, r->nn + 1, sizeof *r->nodes))
     return UINT32_MAX;
+  if (!weft_pmap_put(r->rt, &r->map, p, r->nn)) {
+    r->nomem = true;
+    return UINT32_MAX;
+  }
   node *n = &r->nodes[r->nn];
   memset(n, 0, sizeof *n);
   n->p = p;
@@ -260,10 +223,6 @@ static uint32_t node_of(run *r, void *p, int kind) {
     else
       n->live = true;  /* not looked into: counts as held from outside */
   }
-  size_t i = slot(r, p);
-  r->keys[i] = p;
-  r->vals[i] = (uint32_t)r->nn;
-  r->mn++;
   return (uint32_t)r->nn++;
 }
 
@@ -394,17 +353,13 @@ static void collect(weft_runtime *rt, weft_object *root) {
   r.rt = rt;
   bool changed = false;
   long garbage = 0;
-  if (map_grow(&r) &&
-      grow(&r, (void **)&r.nodes, &r.ncap, 1, sizeof *r.nodes)) {
+  if (grow(&r, (void **)&r.nodes, &r.ncap, 1, sizeof *r.nodes) &&
+      weft_pmap_put(rt, &r.map, root, 0)) {
     node *n = &r.nodes[0];
     memset(n, 0, sizeof *n);
     n->p = root;
     n->kind = N_OBJ;
     n->held = true;  /* the queue's reference */
-    size_t i = slot(&r, root);
-    r.keys[i] = root;
-    r.vals[i] = 0;
-    r.mn = 1;
     r.nn = 1;
     if (build(&r)) garbage = analyze(&r, &changed);
   } else {
@@ -442,8 +397,7 @@ static void collect(weft_runtime *rt, weft_object *root) {
   }
   weft_free(rt, r.nodes, r.ncap * sizeof *r.nodes);
   weft_free(rt, r.edges, r.ecap * sizeof *r.edges);
-  weft_free(rt, r.keys, r.mcap * sizeof *r.keys);
-  weft_free(rt, r.vals, r.mcap * sizeof *r.vals);
+  weft_pmap_free(rt, &r.map);
 }
 
 void weft_cycle_run(weft_runtime *rt) {

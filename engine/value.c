@@ -43,6 +43,7 @@
 
 #include "cycle.h"
 #include "object.h"
+#include "pmap.h"
 #include "runtime.h"
 
 enum {
@@ -162,86 +163,6 @@ bool weft_buf_equal(const weft_buf *a, const weft_buf *b) {
 }
 
 /* ---------------------------------------------------------------------- */
-/* pointer map: object or upvalue address -> id (the encoder's "seen") */
-
-#define PMAP_INLINE 16  /* slots held in the map itself: most copies fit */
-
-typedef struct pmap {
-  const void **keys;  /* ikeys/ivals, or arrays of the runtime's */
-  uint64_t *vals;
-  size_t cap, n;  /* cap is 0 or a power of 2 */
-  const void *ikeys[PMAP_INLINE];
-  uint64_t ivals[PMAP_INLINE];
-} pmap;
-
-static size_t pmap_slot(const pmap *m, const void *p) {
-  uint64_t x = (uint64_t)(uintptr_t)p;
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  size_t i = (size_t)x & (m->cap - 1);
-  while (m->keys[i] != NULL && m->keys[i] != p) i = (i + 1) & (m->cap - 1);
-  return i;
-}
-
-static const uint64_t *pmap_get(const pmap *m, const void *p) {
-  if (m->cap == 0) return NULL;
-  size_t i = pmap_slot(m, p);
-  return m->keys[i] == p ? &m->vals[i] : NULL;
-}
-
-static void pmap_free(weft_runtime *rt, pmap *m) {
-  if (m->keys != m->ikeys) {
-    weft_free(rt, m->keys, m->cap * sizeof *m->keys);
-    weft_free(rt, m->vals, m->cap * sizeof *m->vals);
-  }
-  m->keys = NULL;
-  m->vals = NULL;
-  m->cap = m->n = 0;
-}
-
-/* Adds p (not present) -> v; false when out of memory. */
-static bool pmap_put(weft_runtime *rt, pmap *m, const void *p, uint64_t v) {
-  if (m->cap == 0) {  /* the inline slots first */
-    m->keys = m->ikeys;
-    m->vals = m->ivals;
-    m->cap = PMAP_INLINE;
-    memset(m->ikeys, 0, sizeof m->ikeys);
-  }
-  if (2 * (m->n + 1) > m->cap) {
-    const void **okeys = m->keys;
-    uint64_t *ovals = m->vals;
-    size_t ocap = m->cap, cap = 2 * ocap;
-    const void **keys = weft_alloc(rt, cap * sizeof *keys);
-    uint64_t *vals = weft_alloc(rt, cap * sizeof *vals);
-    if (keys == NULL || vals == NULL) {
-      weft_free(rt, keys, keys ? cap * sizeof *keys : 0);
-      weft_free(rt, vals, vals ? cap * sizeof *vals : 0);
-      return false;
-    }
-    memset(keys, 0, cap * sizeof *keys);
-    m->keys = keys;
-    m->vals = vals;
-    m->cap = cap;
-    for (size_t i = 0; i < ocap; i++)
-      if (okeys[i] != NULL) {
-        size_t j = pmap_slot(m, okeys[i]);
-        m->keys[j] = okeys[i];
-        m->vals[j] = ovals[i];
-      }
-    if (okeys != m->ikeys) {
-      weft_free(rt, okeys, ocap * sizeof *okeys);
-      weft_free(rt, ovals, ocap * sizeof *ovals);
-    }
-  }
-  size_t i = pmap_slot(m, p);
-  m->keys[i] = p;
-  m->vals[i] = v;
-  m->n++;
-  return true;
-}
-
-/* ---------------------------------------------------------------------- */
 /* encoder */
 
 enum { F_TABLE, F_FUNC };
@@ -266,7 +187,7 @@ typedef struct enc {
   eframe *frames;  /* iframes, or an array of the runtime's */
   size_t nframes, fcap;
   eframe iframes[ENC_FRAMES];
-  pmap seen;
+  weft_pmap seen;
   int globals;       /* stack slot of the sender's globals */
   int cfuncs;        /* stack slot of the package.loaded index (nil until used) */
   int first, n;      /* the values to encode */
@@ -437,13 +358,13 @@ static eframe *push_frame(enc *e, int kind, int v) {
 
 /* Seen before: writes the reference and returns true.  Else registers it. */
 static bool seen(enc *e, const void *p) {
-  const uint64_t *id = pmap_get(&e->seen, p);
+  const uint64_t *id = weft_pmap_get(&e->seen, p);
   if (id != NULL) {
     put_byte(e, T_REF);
     put_varint(e, *id);
     return true;
   }
-  if (!pmap_put(e->b->rt, &e->seen, p, e->b->nids++))
+  if (!weft_pmap_put(e->b->rt, &e->seen, p, e->b->nids++))
     luaL_error(e->L, "not enough memory");
   return false;
 }
@@ -792,15 +713,15 @@ static void step(enc *e) {
     }
     int i = ++f->up;
     void *id = lua_upvalueid(L, base, i);
-    const uint64_t *at = pmap_get(&e->seen, id);
+    const uint64_t *at = weft_pmap_get(&e->seen, id);
     if (at != NULL) {
       put_byte(e, T_UPJOIN);
       put_varint(e, *at >> 8);
       put_byte(e, (int)(*at & 0xff));
       return;
     }
-    const uint64_t fid = *pmap_get(&e->seen, lua_topointer(L, base));
-    if (!pmap_put(e->b->rt, &e->seen, id, fid << 8 | (uint64_t)i))
+    const uint64_t fid = *weft_pmap_get(&e->seen, lua_topointer(L, base));
+    if (!weft_pmap_put(e->b->rt, &e->seen, id, fid << 8 | (uint64_t)i))
       luaL_error(L, "not enough memory");
     const char *name = lua_getupvalue(L, base, i);
     if (strcmp(name, "_ENV") == 0)  /* a sandbox or module env stays home */
@@ -952,7 +873,7 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   for (int i = 0; i < n; i++) lua_pushvalue(L, idx + i);
   int status = lua_pcall(L, n + 1, 0, 0);
   if (e.frames != e.iframes) weft_free(rt, e.frames, e.fcap * sizeof *e.frames);
-  pmap_free(rt, &e.seen);
+  weft_pmap_free(rt, &e.seen);
   if (status != LUA_OK) {
     weft_buf_release(e.b);
     lua_error(L);
