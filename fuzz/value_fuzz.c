@@ -1334,10 +1334,11 @@ static int cacheable(lua_State *L, int idx) {
   return r;
 }
 
-static int same_dump(lua_State *L, int a, int b) {
+/* Whether the functions at a in A and b in B have the same bytecode. */
+static int same_dump(lua_State *A, int a, lua_State *B, int b) {
   dbuf x, y;
-  dump(L, a, 0, &x);
-  dump(L, b, 0, &y);
+  dump(A, a, 0, &x);
+  dump(B, b, 0, &y);
   int r = x.n == y.n && memcmp(x.p, y.p, x.n) == 0;
   free(x.p);
   free(y.p);
@@ -1352,7 +1353,7 @@ static int collapse_ok(cmp *c, int xi, lua_Integer id) {
   reg(X, "cmp.x.obj");
   lua_rawgeti(X, -1, id);
   int o = lua_gettop(X);
-  int r = lua_isfunction(X, o) && cacheable(X, o) && same_dump(X, xi, o);
+  int r = lua_isfunction(X, o) && cacheable(X, o) && same_dump(X, xi, X, o);
   lua_pop(X, 2);
   return r;
 }
@@ -1653,13 +1654,7 @@ static void compare_calls(cmp *c, int xf, int yf) {
 
 static void compare_function(cmp *c, int xf, int yf) {
   lua_State *X = c->X, *Y = c->Y;
-  dbuf dx, dy;
-  dump(X, xf, 0, &dx);
-  dump(Y, yf, 0, &dy);
-  int same = dx.n == dy.n && memcmp(dx.p, dy.p, dx.n) == 0;
-  free(dx.p);
-  free(dy.p);
-  if (!same) fail(c, "a function copied with other bytecode");
+  if (!same_dump(X, xf, Y, yf)) fail(c, "a function copied with other bytecode");
   int nu = nups(X, xf);
   if (nups(Y, yf) != nu) fail(c, "upvalue count differs");
   for (int i = 1; i <= nu; i++) {
