@@ -13,7 +13,6 @@
 ** waits out a wake in progress, so the park (and its job) outlive it; __gc
 ** unqueues the entry before the block's memory goes.
 */
-#include <errno.h>
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -38,10 +37,9 @@ enum { T_OFF, T_ARMED, T_FIRING, T_FIRED };  /* a timeout's state */
 struct weft_block {
   weft_park park;
   bool park_ready;
-  weft_runtime *rt;          /* retained while the timeout is queued */
-  weft_timer_entry timeout;  /* queued at the deadline, while timed */
+  weft_runtime *rt;          /* set (retained) while there is a timeout */
+  weft_timer_entry timeout;  /* queued at the deadline, while rt is set */
   double deadline;
-  bool timed;
   atomic_int tstate;         /* T_*: whether the timeout may wake now */
   void (*hook)(void *extra, bool final);  /* extra registrations */
   void *extra;
@@ -102,11 +100,10 @@ static void timeout_fire(weft_timer_entry *e) {
 
 /* Unqueues the timeout (disarmed already) and lets the runtime go. */
 static void drop_timeout(weft_block *b) {
-  if (!b->timed) return;
+  if (b->rt == NULL) return;
   weft_timer_remove(&b->rt->timer, &b->timeout);
   weft_runtime_release(b->rt);
   b->rt = NULL;
-  b->timed = false;
 }
 
 static int block_gc(lua_State *L) {
@@ -156,7 +153,7 @@ void weft_block_set_wait(weft_block *b, int kind, void *target) {
 weft_park *weft_block_park(weft_block *b) { return &b->park; }
 
 void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
-  if ((isinf(seconds) && seconds > 0) || b->timed) return;
+  if ((isinf(seconds) && seconds > 0) || b->rt != NULL) return;
   weft_runtime *rt = weft_runtime_of(L);
   b->deadline = weft_now() + (seconds > 0 ? seconds : 0);  /* NaN: now */
   b->timeout.claim = timeout_claim;
@@ -167,7 +164,6 @@ void weft_block_set_timeout(lua_State *L, weft_block *b, double seconds) {
     luaL_error(L, "weft: cannot arm a timeout: %s", strerror(e));
   weft_runtime_retain(rt);
   b->rt = rt;
-  b->timed = true;
 }
 
 void weft_block_rearm(lua_State *L, weft_block *b, double seconds) {
@@ -196,7 +192,7 @@ static weft_park_waiter *add(weft_block *b, int kind, void *obj) {
   } while (0)
 
 bool weft_block_on_timeout(weft_block *b) {
-  if (!b->timed) return true;
+  if (b->rt == NULL) return true;
   if (weft_now() >= b->deadline) return false;
   atomic_store(&b->tstate, T_ARMED);
   /* due meanwhile: its claim may have come before the store and dropped
