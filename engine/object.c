@@ -20,6 +20,7 @@ static const char cache_key = 0;   /* registry: object address -> handle */
 
 typedef struct handle {
   weft_object *obj;
+  bool uncached;  /* bound by weft_bind_handle, not in the cache yet */
 } handle;
 
 void weft_object_init(weft_object *o, const weft_class *cls) {
@@ -98,21 +99,25 @@ static void push_cache(lua_State *L) {
 void weft_push_unbound(lua_State *L, const weft_class *cls) {
   handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
   h->obj = NULL;  /* no reference until it is bound */
+  h->uncached = false;
   luaL_setmetatable(L, cls->name);
 }
 
 void weft_bind_handle(lua_State *L, int idx, weft_object *o) {
-  ((handle *)lua_touserdata(L, idx))->obj = o;  /* owns it from here */
+  handle *h = lua_touserdata(L, idx);
+  h->obj = o;  /* owns it from here */
+  h->uncached = true;
 }
 
-void weft_cache_handle(lua_State *L, int idx, weft_object *o) {
+void weft_cache_handle(lua_State *L, int idx) {
+  handle *h = lua_touserdata(L, idx);
+  if (!h->uncached) return;  /* the common case: no table touched */
   idx = lua_absindex(L, idx);
   push_cache(L);
-  if (lua_rawgetp(L, -1, o) == LUA_TNIL) {
-    lua_pushvalue(L, idx);
-    lua_rawsetp(L, -3, o);
-  }
-  lua_pop(L, 2);
+  lua_pushvalue(L, idx);
+  lua_rawsetp(L, -2, h->obj);
+  lua_pop(L, 1);
+  h->uncached = false;
 }
 
 void weft_push_object(lua_State *L, weft_object *o) {
@@ -121,13 +126,11 @@ void weft_push_object(lua_State *L, weft_object *o) {
     lua_remove(L, -2);
     return;
   }
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   weft_push_unbound(L, o->cls);
   weft_retain(o);
   weft_bind_handle(L, -1, o);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, -3, o);
-  lua_remove(L, -2);
+  weft_cache_handle(L, -1);
 }
 
 bool weft_is_handle(lua_State *L, int idx) {

@@ -116,8 +116,9 @@ void weft_push_object(lua_State *L, weft_object *o);
 */
 void weft_push_unbound(lua_State *L, const weft_class *cls);
 void weft_bind_handle(lua_State *L, int idx, weft_object *o);
-/* Puts the handle at idx (of o) in L's cache unless o has one there. */
-void weft_cache_handle(lua_State *L, int idx, weft_object *o);
+/* Puts the live handle at idx in L's cache if it was bound by
+   weft_bind_handle and is not there yet (a flag: no table lookup). */
+void weft_cache_handle(lua_State *L, int idx);
 
 /* Whether the value at idx is a weft handle of any class, released or not
    (its __gc ran: a finalizer that resurrects it can still reach it). */

@@ -683,7 +683,7 @@ static void encode_value(enc *e, int v) {
         encode_udata(e, v);
         break;
       }
-      weft_cache_handle(L, v, o);  /* so that it comes back as itself */
+      weft_cache_handle(L, v);  /* so that it comes back as itself */
       weft_buf *b = e->b;
       if (b->nhandles == b->hcap)
         b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
