@@ -13,6 +13,7 @@
 ** waits out a wake in progress, so the park (and its job) outlive it; __gc
 ** unqueues the entry before the block's memory goes.
 */
+#include <assert.h>
 #include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -29,24 +30,24 @@
 #include "runtime.h"
 
 #define BLOCK_MT "weft.block"
-#define MAX_SOURCES 4
+#define MAX_SOURCES 2  /* a context and one other source */
 
 enum { SRC_CTX, SRC_FUTURE, SRC_ADMIT, SRC_IDLE };
 enum { T_OFF, T_ARMED, T_FIRING, T_FIRED };  /* a timeout's state */
 
 struct weft_block {
-  weft_park park;
+  weft_park park;  /* a thread's park: its sync after the extra space */
+  atomic_int tstate;         /* T_*: whether the timeout may wake now */
+  int n;
+  int xkind;     /* what the extra registrations wait for (deadlocks) */
   bool park_ready;
   weft_runtime *rt;          /* set (retained) while there is a timeout */
   weft_timer_entry timeout;  /* queued at the deadline, while rt is set */
   double deadline;
-  atomic_int tstate;         /* T_*: whether the timeout may wake now */
   void (*hook)(void *extra, bool final);  /* extra registrations */
   void *extra;
-  int xkind;     /* what the extra registrations wait for (deadlocks) */
   void *xtarget;
   const char *hopeless;  /* a thread wait that could never end */
-  int n;
   struct {
     int kind;
     void *obj;
@@ -117,14 +118,19 @@ static int block_gc(lua_State *L) {
   return 0;
 }
 
-/* The extra space starts at the first maximally aligned offset past b. */
+/* The extra space, then a thread's park sync, each start at the first
+   maximally aligned offset past what comes before. */
 #define ALIGN _Alignof(max_align_t)
-#define EXTRA_OFFSET ((sizeof(weft_block) + ALIGN - 1) / ALIGN * ALIGN)
+#define ALIGNED(n) (((n) + ALIGN - 1) / ALIGN * ALIGN)
+#define EXTRA_OFFSET ALIGNED(sizeof(weft_block))
 
 weft_block *weft_block_new_ex(lua_State *L, size_t extra,
                               void (*hook)(void *extra, bool final)) {
-  weft_block *b = lua_newuserdatauv(L, EXTRA_OFFSET + extra, 0);
-  memset(b, 0, EXTRA_OFFSET + extra);
+  weft_job *job = weft_job_of(L);
+  size_t sync_at = ALIGNED(EXTRA_OFFSET + extra);
+  size_t size = job != NULL ? sync_at : sync_at + sizeof(weft_park_sync);
+  weft_block *b = lua_newuserdatauv(L, size, 0);
+  memset(b, 0, size);
   b->timeout.index = SIZE_MAX;  /* not queued */
   if (extra > 0) b->extra = (char *)b + EXTRA_OFFSET;
   if (luaL_newmetatable(L, BLOCK_MT)) {
@@ -132,8 +138,13 @@ weft_block *weft_block_new_ex(lua_State *L, size_t extra,
     lua_setfield(L, -2, "__gc");
   }
   lua_setmetatable(L, -2);
-  int e = weft_park_init(&b->park, L);
-  if (e != 0) luaL_error(L, "weft: cannot wait: %s", strerror(e));
+  if (job != NULL) {
+    weft_park_init_job(&b->park, job);
+  } else {
+    int e = weft_park_init_thread(&b->park,
+                                  (weft_park_sync *)((char *)b + sync_at));
+    if (e != 0) luaL_error(L, "weft: cannot wait: %s", strerror(e));
+  }
   b->park_ready = true;
   b->hook = hook;  /* only once the park is ready: the hook may wake it */
   return b;
@@ -173,6 +184,7 @@ void weft_block_rearm(lua_State *L, weft_block *b, double seconds) {
 }
 
 static weft_park_waiter *add(weft_block *b, int kind, void *obj) {
+  assert(b->n < MAX_SOURCES);
   int i = b->n++;
   b->src[i].kind = kind;
   b->src[i].obj = obj;

@@ -1783,7 +1783,8 @@ static bool pool_busy(weft_pool *p) {
    idle.  Allocates nothing, so close still waits when memory ran out. */
 static bool wait_idle_until(weft_pool *p, double deadline) {
   weft_park park;
-  if (weft_park_init_thread(&park) != 0) {  /* no condvar: poll */
+  weft_park_sync sync;
+  if (weft_park_init_thread(&park, &sync) != 0) {  /* no condvar: poll */
     while (pool_busy(p) && weft_now() < deadline) {
       struct timespec ts = {0, 1000000L};
       nanosleep(&ts, NULL);

@@ -59,12 +59,18 @@ struct weft_buf {
   uint32_t nids;      /* tables and functions */
   unsigned char *data;
   size_t len, cap;
-  weft_object **handles;
+  weft_object **handles;   /* ihandles until there are more */
   size_t nhandles, hcap;
   size_t icap;  /* bytes of inline data after the struct */
+  weft_object *ihandles[2];
 };
 
-#define INLINE_DATA 48  /* most scalars and small tables fit */
+/* A list's buffer fills a block of the cache (alloc.c) with its inline
+   data: most scalars and small tables fit in the smaller one, a job's
+   call (a small function, a context and a few arguments) in the other. */
+#define BUF_BLOCK 192
+#define CALL_BUF_BLOCK 256
+_Static_assert(sizeof(weft_buf) + 64 <= BUF_BLOCK, "inline room");
 
 static unsigned char *inline_data(weft_buf *b) {
   return (unsigned char *)(b + 1);
@@ -83,6 +89,8 @@ static weft_buf *buf_new(weft_runtime *rt, size_t icap) {
   b->rt = rt;  /* not retained: see value.h */
   b->icap = b->cap = icap;
   b->data = inline_data(b);
+  b->handles = b->ihandles;
+  b->hcap = sizeof b->ihandles / sizeof *b->ihandles;
   return b;
 }
 
@@ -93,7 +101,8 @@ void weft_buf_retain(weft_buf *b) {
 static void buf_destroy(weft_buf *b) {
   weft_runtime *rt = b->rt;
   for (size_t i = 0; i < b->nhandles; i++) weft_release_inner(b->handles[i]);
-  weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
+  if (b->handles != b->ihandles)
+    weft_free(rt, b->handles, b->hcap * sizeof *b->handles);
   if (b->data != inline_data(b)) weft_free(rt, b->data, b->cap);
   weft_free(rt, b, sizeof *b + b->icap);
 }
@@ -685,9 +694,18 @@ static void encode_value(enc *e, int v) {
       }
       weft_cache_handle(L, v);  /* so that it comes back as itself */
       weft_buf *b = e->b;
-      if (b->nhandles == b->hcap)
-        b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
-                          sizeof *b->handles);
+      if (b->nhandles == b->hcap) {
+        if (b->handles == b->ihandles) {  /* move out of the inline slots */
+          size_t cap = 0;
+          weft_object **h = grow(e, NULL, &cap, b->nhandles + 1, sizeof *h);
+          memcpy(h, b->ihandles, sizeof b->ihandles);
+          b->handles = h;
+          b->hcap = cap;
+        } else {
+          b->handles = grow(e, b->handles, &b->hcap, b->nhandles + 1,
+                            sizeof *b->handles);
+        }
+      }
       weft_retain_inner(o);
       b->handles[b->nhandles++] = o;
       put_byte(e, T_HANDLE);
@@ -861,7 +879,10 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   e.index = index;
   e.frames = e.iframes;
   e.fcap = ENC_FRAMES;
-  e.b = buf_new(rt, INLINE_DATA);
+  size_t block = lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)
+                     ? CALL_BUF_BLOCK
+                     : BUF_BLOCK;
+  e.b = buf_new(rt, block - sizeof(weft_buf));
   if (e.b == NULL) luaL_error(L, "not enough memory");
   e.b->count = n;
   if (!lua_checkstack(L, n + 4)) {

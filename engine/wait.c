@@ -42,31 +42,32 @@ void weft_waiters_wake_all(weft_waiter **head) {
   }
 }
 
-int weft_park_init(weft_park *p, lua_State *L) {
-  p->job = weft_job_of(L);
+void weft_park_init_job(weft_park *p, struct weft_job *job) {
+  p->job = job;
+  p->sync = NULL;
   p->woken = false;
-  return p->job != NULL ? 0 : weft_park_init_thread(p);
 }
 
-int weft_park_init_thread(weft_park *p) {
+int weft_park_init_thread(weft_park *p, weft_park_sync *s) {
   p->job = NULL;
+  p->sync = s;
   p->woken = false;
-  int e = pthread_mutex_init(&p->mu, NULL);
+  int e = pthread_mutex_init(&s->mu, NULL);
   if (e != 0) return e;
   pthread_condattr_t a;
   if ((e = pthread_condattr_init(&a)) == 0) {
     e = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    if (e == 0) e = pthread_cond_init(&p->cv, &a);
+    if (e == 0) e = pthread_cond_init(&s->cv, &a);
     pthread_condattr_destroy(&a);
   }
-  if (e != 0) pthread_mutex_destroy(&p->mu);
+  if (e != 0) pthread_mutex_destroy(&s->mu);
   return e;
 }
 
 void weft_park_destroy(weft_park *p) {
   if (p->job != NULL) return;
-  pthread_cond_destroy(&p->cv);
-  pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->sync->cv);
+  pthread_mutex_destroy(&p->sync->mu);
 }
 
 void weft_park_wake(weft_park *p) {
@@ -74,10 +75,10 @@ void weft_park_wake(weft_park *p) {
     weft_job_wake(p->job);
     return;
   }
-  pthread_mutex_lock(&p->mu);
+  pthread_mutex_lock(&p->sync->mu);
   p->woken = true;
-  pthread_cond_signal(&p->cv);
-  pthread_mutex_unlock(&p->mu);
+  pthread_cond_signal(&p->sync->cv);
+  pthread_mutex_unlock(&p->sync->mu);
 }
 
 static void cpu_relax(void) {
@@ -106,31 +107,33 @@ void weft_spin(pthread_mutex_t *mu, const atomic_bool *flag, double seconds) {
 /* A wake-up (a job finishing, a cancel) often comes within microseconds,
    sooner than a sleeping thread is woken and scheduled again: spin first. */
 void weft_park_block(weft_park *p) {
-  pthread_mutex_lock(&p->mu);
-  weft_spin(&p->mu, &p->woken, WEFT_SPIN_SECONDS);
-  while (!p->woken) pthread_cond_wait(&p->cv, &p->mu);
+  weft_park_sync *s = p->sync;
+  pthread_mutex_lock(&s->mu);
+  weft_spin(&s->mu, &p->woken, WEFT_SPIN_SECONDS);
+  while (!p->woken) pthread_cond_wait(&s->cv, &s->mu);
   p->woken = false;
-  pthread_mutex_unlock(&p->mu);
+  pthread_mutex_unlock(&s->mu);
 }
 
 bool weft_park_block_until(weft_park *p, double deadline) {
-  pthread_mutex_lock(&p->mu);
-  weft_spin(&p->mu, &p->woken, WEFT_SPIN_SECONDS);
+  weft_park_sync *s = p->sync;
+  pthread_mutex_lock(&s->mu);
+  weft_spin(&s->mu, &p->woken, WEFT_SPIN_SECONDS);
   while (!p->woken) {
     double left = deadline - weft_now();
     if (!(left > 0)) break;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    double s = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + left;
-    if (s > 4e9) s = 4e9;  /* far enough: the loop checks again */
-    ts.tv_sec = (time_t)s;
-    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    double at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + left;
+    if (at > 4e9) at = 4e9;  /* far enough: the loop checks again */
+    ts.tv_sec = (time_t)at;
+    ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
     if (ts.tv_nsec > 999999999L) ts.tv_nsec = 999999999L;
-    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    pthread_cond_timedwait(&s->cv, &s->mu, &ts);
   }
   bool woken = p->woken;
   p->woken = false;
-  pthread_mutex_unlock(&p->mu);
+  pthread_mutex_unlock(&s->mu);
   return woken;
 }
 

@@ -35,20 +35,25 @@ struct weft_job;
 
 /*
 ** A park: one waiting call.  Thread mode (job == NULL): a mutex and a
-** CLOCK_MONOTONIC condvar.  Job mode: the job coroutine yields and its
+** CLOCK_MONOTONIC condvar, in storage the caller provides (sync), so that
+** a job's park carries none.  Job mode: the job coroutine yields and its
 ** worker parks it; weft_park_wake makes it runnable again.
 */
-typedef struct weft_park {
-  struct weft_job *job;
+typedef struct weft_park_sync {
   pthread_mutex_t mu;
   pthread_cond_t cv;
-  atomic_bool woken;  /* written under mu */
+} weft_park_sync;
+
+typedef struct weft_park {
+  struct weft_job *job;
+  weft_park_sync *sync;  /* thread mode */
+  atomic_bool woken;     /* thread mode: written under sync->mu */
 } weft_park;
 
-/* Sets p up for the calling context of L (job mode when L is a job's own
-   coroutine and may yield).  0 or an errno. */
-int weft_park_init(weft_park *p, lua_State *L);
-int weft_park_init_thread(weft_park *p);  /* thread mode, no Lua */
+/* Job mode, for a job's own coroutine (weft_job_of): cannot fail. */
+void weft_park_init_job(weft_park *p, struct weft_job *job);
+/* Thread mode, no Lua: s must outlive the park.  0 or an errno. */
+int weft_park_init_thread(weft_park *p, weft_park_sync *s);
 void weft_park_destroy(weft_park *p);
 /* Marks p woken; any thread, leaf lock only. */
 void weft_park_wake(weft_park *p);
