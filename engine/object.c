@@ -15,13 +15,31 @@
 
 #include "cycle.h"
 
-static const char handle_key = 0;  /* metatable field naming the class */
 static const char cache_key = 0;   /* registry: object address -> handle */
 
+/*
+** A handle knows its class and its metatable's address: it is one of ours
+** when it has a handle's size and still has the metatable it was made with
+** (Lua code cannot write a full userdata's bytes, and debug.setmetatable
+** makes a handle fail the test), so checking an argument looks nothing up.
+*/
 typedef struct handle {
   weft_object *obj;
+  const weft_class *cls;
+  const void *mt;
   bool uncached;  /* bound by weft_bind_handle, not in the cache yet */
 } handle;
+
+/* The handle at idx, or NULL when that is no handle. */
+static handle *as_handle(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TUSERDATA || lua_rawlen(L, idx) != sizeof(handle))
+    return NULL;
+  handle *h = lua_touserdata(L, idx);
+  if (!lua_getmetatable(L, idx)) return NULL;
+  bool ours = lua_topointer(L, -1) == h->mt;
+  lua_pop(L, 1);
+  return ours ? h : NULL;
+}
 
 void weft_object_init(weft_object *o, const weft_class *cls) {
   o->cls = cls;
@@ -99,8 +117,11 @@ static void push_cache(lua_State *L) {
 void weft_push_unbound(lua_State *L, const weft_class *cls) {
   handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
   h->obj = NULL;  /* no reference until it is bound */
+  h->cls = cls;
   h->uncached = false;
-  luaL_setmetatable(L, cls->name);
+  luaL_getmetatable(L, cls->name);
+  h->mt = lua_topointer(L, -1);
+  lua_setmetatable(L, -2);
 }
 
 void weft_bind_handle(lua_State *L, int idx, weft_object *o) {
@@ -133,33 +154,16 @@ void weft_push_object(lua_State *L, weft_object *o) {
   weft_cache_handle(L, -1);
 }
 
-bool weft_is_handle(lua_State *L, int idx) {
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
-    return false;
-  int is_handle = lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA;
-  lua_pop(L, 2);
-  return is_handle;
-}
+bool weft_is_handle(lua_State *L, int idx) { return as_handle(L, idx) != NULL; }
 
 weft_object *weft_to_object(lua_State *L, int idx) {
-  handle *h = lua_touserdata(L, idx);
-  if (h == NULL || lua_islightuserdata(L, idx) || !lua_getmetatable(L, idx))
-    return NULL;
-  int is_handle = lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA;
-  lua_pop(L, 2);
-  return is_handle ? h->obj : NULL;
+  handle *h = as_handle(L, idx);
+  return h != NULL ? h->obj : NULL;
 }
 
-/* The class a handle's metatable names (no string lookup: hot path). */
 weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls) {
-  handle *h = lua_touserdata(L, arg);
-  const void *c = NULL;
-  if (h != NULL && !lua_islightuserdata(L, arg) && lua_getmetatable(L, arg)) {
-    if (lua_rawgetp(L, -1, &handle_key) == LUA_TLIGHTUSERDATA)
-      c = lua_touserdata(L, -1);
-    lua_pop(L, 2);
-  }
-  if (c != cls) luaL_typeerror(L, arg, cls->name);
+  handle *h = as_handle(L, arg);
+  if (h == NULL || h->cls != cls) luaL_typeerror(L, arg, cls->name);
   if (h->obj == NULL) luaL_argerror(L, arg, "handle already released");
   return h->obj;
 }
@@ -172,7 +176,7 @@ weft_object *weft_handle_take(lua_State *L, int idx) {
 }
 
 static int handle_gc(lua_State *L) {
-  handle *h = lua_touserdata(L, 1);
+  handle *h = as_handle(L, 1);  /* debug.getmetatable lets Lua call it */
   if (h != NULL && h->obj != NULL) {
     weft_object *o = h->obj;
     h->obj = NULL;
@@ -182,17 +186,15 @@ static int handle_gc(lua_State *L) {
 }
 
 static int handle_tostring(lua_State *L) {
-  handle *h = lua_touserdata(L, 1);
-  luaL_getmetafield(L, 1, "__name");
-  lua_pushfstring(L, "%s: %p", lua_tostring(L, -1), (void *)h->obj);
+  handle *h = as_handle(L, 1);
+  if (h == NULL) return luaL_typeerror(L, 1, "weft handle");
+  lua_pushfstring(L, "%s: %p", h->cls->name, (void *)h->obj);
   return 1;
 }
 
 void weft_new_class(lua_State *L, const weft_class *cls, const luaL_Reg *l,
                     const luaL_Reg *meta) {
   luaL_newmetatable(L, cls->name);
-  lua_pushlightuserdata(L, (void *)cls);
-  lua_rawsetp(L, -2, &handle_key);
   lua_pushcfunction(L, handle_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, handle_tostring);

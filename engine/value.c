@@ -216,19 +216,24 @@ static void *grow(enc *e, void *p, size_t *cap, size_t need, size_t size) {
   return q;
 }
 
-static unsigned char *reserve(enc *e, size_t n) {
+/* Makes room for n more bytes: moves the data out of the inline space,
+   or grows it. */
+static void make_room(enc *e, size_t n) {
   weft_buf *b = e->b;
-  if (b->cap - b->len < n) {
-    if (b->data == inline_data(b)) {  /* move out of the inline space */
-      size_t cap = 256;  /* one block of the cache's: a function fits */
-      unsigned char *p = grow(e, NULL, &cap, b->len + n, 1);
-      memcpy(p, b->data, b->len);
-      b->data = p;
-      b->cap = cap;
-    } else {
-      b->data = grow(e, b->data, &b->cap, b->len + n, 1);
-    }
+  if (b->data == inline_data(b)) {
+    size_t cap = 256;  /* one block of the cache's: a function fits */
+    unsigned char *p = grow(e, NULL, &cap, b->len + n, 1);
+    memcpy(p, b->data, b->len);
+    b->data = p;
+    b->cap = cap;
+  } else {
+    b->data = grow(e, b->data, &b->cap, b->len + n, 1);
   }
+}
+
+static inline unsigned char *reserve(enc *e, size_t n) {
+  weft_buf *b = e->b;
+  if (b->cap - b->len < n) make_room(e, n);
   unsigned char *p = b->data + b->len;
   b->len += n;
   return p;
@@ -263,9 +268,16 @@ static void put_varint(enc *e, uint64_t v) {
   put_bytes(e, tmp, varint(tmp, v));
 }
 
+/* lua_dump writes a function a few bytes at a time: the short pieces are
+   copied by a loop rather than a call to memcpy. */
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   (void)L;
-  put_bytes(ud, p, n);
+  const unsigned char *s = p;
+  unsigned char *d = reserve(ud, n);
+  if (n <= 16)
+    for (size_t i = 0; i < n; i++) d[i] = s[i];
+  else
+    memcpy(d, s, n);
   return 0;
 }
 
