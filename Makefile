@@ -64,8 +64,13 @@ allocfail:
 fuzz:
 	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) spec/run fuzz
 
-bench: deps all
-	@LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
+# the signal delivery floor that the cancel latency case compares with
+$(BUILD)/signal_floor: bench/signal_floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -o $@ $< -pthread
+
+bench: deps all $(BUILD)/signal_floor
+	@WEFT_SIGNAL_FLOOR=$(BUILD)/signal_floor LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
 # the C embedding example (examples/host), run from the repository root
 example: deps

@@ -163,7 +163,7 @@ local function cancel_latency(opts, fn, from_result)
     weft.sleep(bg, 0.001)
     local t0 = weft.now()
     cancel()
-    local _, t = f:wait(weft.with_timeout(bg, 10))
+    local _, t = f:wait(bound)  -- made once: no timer armed in the window
     if not from_result then
       lat[#lat + 1] = (weft.now() - t0) * 1e6
     elseif math.type(t) == "float" then  -- else it never started: no sample
@@ -258,6 +258,19 @@ return {
     run = function()
       return cancel_latency({ workers = 2 }, function() while true do end end)
         .. " (target <= 20 / <= 200)"
+    end },
+
+  -- (d') the floor under (d): a signal from pthread_kill to its handler on
+  -- a thread spinning on the other core, in C (bench/signal_floor.c), the
+  -- delivery hard cancel is built on; make bench builds it
+  { name = "cancel latency floor: a signal to a spinning thread (C, no Lua)", n = 1,
+    run = function()
+      local exe = os.getenv("WEFT_SIGNAL_FLOOR")
+      if not exe then return "not measured (run it through make bench)" end
+      local p = assert(io.popen("timeout 60 " .. exe))
+      local out = p:read("a")
+      p:close()
+      return (assert(out:match("[^\n]+"), "signal_floor printed nothing"))
     end },
 
   -- (e) the same for a job parked in ctx:wait(): it is woken, resumed and
