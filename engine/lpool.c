@@ -147,9 +147,7 @@ static int l_pool(lua_State *L) {
   void **g = weft_guard_object(L);
   *g = p;
   weft_push_object(L, (weft_object *)p);
-  /* the owner's handle: its __gc closes the pool */
-  lua_pushboolean(L, 1);
-  lua_setiuservalue(L, -2, 1);
+  weft_handle_mark(L, -1);  /* the owner's handle: its __gc closes the pool */
   weft_release(weft_guard_take(g));
   return 1;
 }
@@ -215,9 +213,8 @@ static int submit_once(lua_State *L, const call *c, bool saturated) {
 ** owning the future.  Returns the results' count, or 0 (nothing pushed)
 ** when the pool is full and the caller goes the guarded way.
 */
-static int submit_fast(lua_State *L, bool saturated) {
+static int submit_fast(lua_State *L, weft_ctx *ctx, bool saturated) {
   weft_pool *pool = check_pool(L, 1);
-  weft_ctx *ctx = weft_check_ctx(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int n = lua_gettop(L) - 2;
   weft_push_unbound(L, &weft_future_class);
@@ -234,7 +231,9 @@ static int submit_fast(lua_State *L, bool saturated) {
   return submit_result(L, r, NULL);
 }
 
-static int p_try_submit(lua_State *L) { return submit_fast(L, true); }
+static int p_try_submit(lua_State *L) {
+  return submit_fast(L, weft_check_ctx(L, 2), true);
+}
 
 /* stack: pool, ctx, ..., guard (call) at kc - 1, block at kc */
 static int submit_k(lua_State *L, int status, lua_KContext kc) {
@@ -263,8 +262,9 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
 }
 
 static int p_submit(lua_State *L) {
-  if (weft_ctx_err(weft_check_ctx(L, 2)) == WEFT_LIVE) {
-    int n = submit_fast(L, false);
+  weft_ctx *ctx = weft_check_ctx(L, 2);
+  if (weft_ctx_err(ctx) == WEFT_LIVE) {
+    int n = submit_fast(L, ctx, false);
     if (n > 0) return n;
   }
   push_call(L);  /* the pool is full (or ctx ended): wait, guarded */
@@ -345,8 +345,7 @@ static int gc_close_k(lua_State *L) {
 
 static int p_gc(lua_State *L) {
   weft_pool *p = (weft_pool *)weft_to_object(L, 1);
-  if (p != NULL && lua_getiuservalue(L, 1, 1) == LUA_TBOOLEAN &&
-      lua_toboolean(L, -1) && !weft_pool_is_worker(p)) {
+  if (p != NULL && weft_handle_marked(L, 1) && !weft_pool_is_worker(p)) {
     /* the owner's handle: close (never from inside the pool); when the
        wait cannot be set up (no memory), the release below closes it */
     weft_pool_shutdown(p);

@@ -28,6 +28,7 @@ typedef struct handle {
   const weft_class *cls;
   const void *mt;
   bool uncached;  /* bound by weft_bind_handle, not in the cache yet */
+  bool marked;    /* weft_handle_mark */
 } handle;
 
 /* The handle at idx, or NULL when that is no handle. */
@@ -115,10 +116,10 @@ static void push_cache(lua_State *L) {
 }
 
 void weft_push_unbound(lua_State *L, const weft_class *cls) {
-  handle *h = lua_newuserdatauv(L, sizeof *h, 1);  /* a slot for its class */
+  handle *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->obj = NULL;  /* no reference until it is bound */
   h->cls = cls;
-  h->uncached = false;
+  h->uncached = h->marked = false;
   luaL_getmetatable(L, cls->name);
   h->mt = lua_topointer(L, -1);
   lua_setmetatable(L, -2);
@@ -173,6 +174,16 @@ weft_object *weft_handle_take(lua_State *L, int idx) {
   weft_object *o = h != NULL ? h->obj : NULL;
   if (o != NULL) h->obj = NULL;
   return o;
+}
+
+void weft_handle_mark(lua_State *L, int idx) {
+  handle *h = as_handle(L, idx);
+  if (h != NULL) h->marked = true;
+}
+
+bool weft_handle_marked(lua_State *L, int idx) {
+  handle *h = as_handle(L, idx);
+  return h != NULL && h->marked;
 }
 
 static int handle_gc(lua_State *L) {

@@ -127,11 +127,14 @@ bool weft_is_handle(lua_State *L, int idx);
 /* The object of handle at idx if it is a weft handle of any class, else NULL. */
 weft_object *weft_to_object(lua_State *L, int idx);
 
-/*
-** Takes the reference out of the handle at idx (for a class's own __gc;
-** the caller releases it).  A handle has one user value its class may use.
-*/
+/* Takes the reference out of the handle at idx (for a class's own __gc;
+   the caller releases it). */
 weft_object *weft_handle_take(lua_State *L, int idx);
+
+/* A mark its class may set on one handle of an object (a pool's owner
+   handle, whose __gc closes the pool): set it, or test the handle at idx. */
+void weft_handle_mark(lua_State *L, int idx);
+bool weft_handle_marked(lua_State *L, int idx);
 
 /* The object of class cls at arg, or raises a type error naming tname. */
 weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls);
