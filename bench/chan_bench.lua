@@ -54,13 +54,7 @@ end
 -- agrees with the median in the table, each case records its run times
 -- and its note is the median of the timed runs so far (the first run, the
 -- harness's warm-up, left out).
-local function median(xs)
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  if #s % 2 == 1 then return s[m + 1] end
-  return (s[m] + s[m + 1]) / 2
-end
+local median = dofile("bench/stats.lua").median
 
 local function recorder(unit)
   local times = {}

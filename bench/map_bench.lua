@@ -43,13 +43,7 @@ local bg = weft.background()
 
 local function bounded() return weft.with_timeout(bg, 120) end
 
-local function median(xs)
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  if #s % 2 == 1 then return s[m + 1] end
-  return (s[m] + s[m + 1]) / 2
-end
+local median = dofile("bench/stats.lua").median
 
 -- Records a case's run times; returns the median of the timed runs so far
 -- (the first run, the harness's warm-up, left out once there are others).

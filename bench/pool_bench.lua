@@ -31,13 +31,7 @@ local function await(f)
   return a
 end
 
-local function median(xs)
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  if #s % 2 == 1 then return s[m + 1] end
-  return (s[m] + s[m + 1]) / 2
-end
+local median = dofile("bench/stats.lua").median
 
 ---------------------------------------------------------------------------
 -- (a) overhead

@@ -42,13 +42,7 @@ local function list_bench_files(filter)
   return files
 end
 
-local function median(xs)
-  local s = { table.unpack(xs) }
-  table.sort(s)
-  local m = #s // 2
-  if #s % 2 == 1 then return s[m + 1] end
-  return (s[m] + s[m + 1]) / 2
-end
+local median = dofile("bench/stats.lua").median
 
 local function format_time(t)
   if t >= 1 then return ("%.3f s"):format(t) end

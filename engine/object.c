@@ -102,18 +102,19 @@ void weft_release_quiet(weft_object *o) {
     o->cls->destroy(o);
 }
 
-static void push_cache(lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cache_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, 0, 4);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &cache_key);
-  }
+void weft_push_weak_values(lua_State *L, const void *key) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
+
+static void push_cache(lua_State *L) { weft_push_weak_values(L, &cache_key); }
 
 void weft_push_unbound(lua_State *L, const weft_class *cls) {
   handle *h = lua_newuserdatauv(L, sizeof *h, 0);

@@ -136,6 +136,10 @@ weft_object *weft_handle_take(lua_State *L, int idx);
 void weft_handle_mark(lua_State *L, int idx);
 bool weft_handle_marked(lua_State *L, int idx);
 
+/* Pushes the registry table at key, a table with weak values made on
+   first use.  May raise a memory error. */
+void weft_push_weak_values(lua_State *L, const void *key);
+
 /* The object of class cls at arg, or raises a type error naming tname. */
 weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls);
 

@@ -1103,16 +1103,7 @@ static bool load_cached(lua_State *L, const chunk *c) {
 
 /* Caches the closure on top (just loaded from c). */
 static void cache_loaded(lua_State *L, const chunk *c) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &load_cache_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "v");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &load_cache_key);
-  }
+  weft_push_weak_values(L, &load_cache_key);
   lua_pushlstring(L, c->p, c->n);
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);
