@@ -37,6 +37,7 @@ typedef struct binding {
   weft_runtime *rt;
   int owner;     /* the state made the runtime: closing it stops the timer */
   void *inbox;   /* host.c: completions to deliver in this state */
+  const void *last_fn;  /* value.c: see weft_runtime_of_fn */
 } binding;
 
 static void *default_alloc(void *ud, void *p, size_t osize, size_t nsize) {
@@ -295,6 +296,7 @@ static binding *bind(lua_State *L, weft_runtime *rt, int owner) {
   }
   lua_setmetatable(L, -2);
   b->inbox = NULL;
+  b->last_fn = NULL;
   lua_rawsetp(L, LUA_REGISTRYINDEX, &binding_key);  /* may raise */
   b->rt = rt;  /* the binding holds the reference only once it is kept */
   b->owner = owner;
@@ -340,13 +342,19 @@ void **weft_runtime_inbox(lua_State *L) {
   return &b->inbox;
 }
 
-weft_runtime *weft_runtime_of(lua_State *L) {
-  weft_runtime *rt = NULL;
+weft_runtime *weft_runtime_of_fn(lua_State *L, const void ***last_fn) {
+  binding *b = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &binding_key) == LUA_TUSERDATA)
-    rt = ((binding *)lua_touserdata(L, -1))->rt;
+    b = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (rt == NULL) luaL_error(L, "weft.core is not opened in this state");
-  return rt;
+  if (b == NULL || b->rt == NULL)
+    luaL_error(L, "weft.core is not opened in this state");
+  if (last_fn != NULL) *last_fn = &b->last_fn;
+  return b->rt;
+}
+
+weft_runtime *weft_runtime_of(lua_State *L) {
+  return weft_runtime_of_fn(L, NULL);
 }
 
 /* Binds L to a runtime of its own unless a host bound one; [-0, +0, e] */

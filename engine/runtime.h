@@ -87,6 +87,9 @@ void weft_runtime_release(weft_runtime *rt);
 
 /* The runtime L is bound to; raises if weft.core was not opened in L. */
 weft_runtime *weft_runtime_of(lua_State *L);
+/* The same, and a word of L's own (of its binding) for value.c to keep
+   the address of the last function it encoded: a hint, never followed. */
+weft_runtime *weft_runtime_of_fn(lua_State *L, const void ***last_fn);
 
 /* Binds L to a runtime of its own (no runtime pool) unless a host bound
    one; raises on failure.  Used by luaopen_weft_core. */

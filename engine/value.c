@@ -203,6 +203,7 @@ typedef struct enc {
   const char *root;
   int index;
   int arg;           /* value being encoded, 1-based */
+  const void **last_fn;  /* the state's hint (put_dump) */
 } enc;
 
 static const char cfunc_key = 0;  /* registry: what package.loaded reaches */
@@ -279,6 +280,54 @@ static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   else
     memcpy(d, s, n);
   return 0;
+}
+
+/*
+** Appends the bytecode of the Lua function at v.  A function submitted in
+** a loop is dumped twice, not once per job: the state keeps the address
+** of the last function it encoded (a hint only: another function may take
+** a collected one's address), and when the same address comes again, a
+** registry memo holding that function weakly, with its bytecode, says
+** whether it is the very same function.
+*/
+static const char dump_memo_key = 0;  /* registry: {fn, its bytecode} */
+
+static void dump(enc *e, int v) {
+  lua_pushvalue(e->L, v);
+  if (lua_dump(e->L, dump_writer, e, 0) != 0)
+    luaL_error(e->L, "cannot dump function");
+  lua_pop(e->L, 1);
+}
+
+static void put_dump(enc *e, int v) {
+  lua_State *L = e->L;
+  const void *fn = lua_topointer(L, v);
+  bool again = *e->last_fn == fn;
+  *e->last_fn = fn;
+  if (!again) {
+    dump(e, v);
+    return;
+  }
+  weft_push_weak_values(L, &dump_memo_key);
+  int memo = lua_gettop(L);
+  lua_rawgeti(L, memo, 1);
+  bool same = lua_rawequal(L, -1, v);
+  lua_pop(L, 1);
+  if (same && lua_rawgeti(L, memo, 2) == LUA_TSTRING) {
+    size_t n;
+    const char *code = lua_tolstring(L, -1, &n);
+    put_bytes(e, code, n);
+    lua_pop(L, 2);
+    return;
+  }
+  if (same) lua_pop(L, 1);  /* no bytecode yet */
+  size_t at = e->b->len;
+  dump(e, v);
+  lua_pushvalue(L, v);
+  lua_rawseti(L, memo, 1);
+  lua_pushlstring(L, (const char *)e->b->data + at, e->b->len - at);
+  lua_rawseti(L, memo, 2);
+  lua_pop(L, 1);  /* memo */
 }
 
 /* Appends a path element for frame f (how its current child is reached). */
@@ -687,10 +736,7 @@ static void encode_value(enc *e, int v) {
       put_byte(e, T_LFUNC);
       size_t at = e->b->len;
       reserve(e, 4);
-      lua_pushvalue(L, v);
-      if (lua_dump(L, dump_writer, e, 0) != 0)
-        luaL_error(L, "cannot dump function");
-      lua_pop(L, 1);
+      put_dump(e, v);
       uint32_t n = (uint32_t)(e->b->len - at - 4);
       memcpy(e->b->data + at, &n, 4);
       put_byte(e, ar.nups);
@@ -877,7 +923,8 @@ static weft_buf *encode_scalar(lua_State *L, weft_runtime *rt, int v) {
 
 weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
                           bool index) {
-  weft_runtime *rt = weft_runtime_of(L);
+  const void **last_fn;
+  weft_runtime *rt = weft_runtime_of_fn(L, &last_fn);
   idx = lua_absindex(L, idx);
   if (n == 1) {
     weft_buf *b = encode_scalar(L, rt, idx);
@@ -891,6 +938,7 @@ weft_buf *weft_buf_encode(lua_State *L, int idx, int n, const char *root,
   e.index = index;
   e.frames = e.iframes;
   e.fcap = ENC_FRAMES;
+  e.last_fn = last_fn;
   size_t block = lua_type(L, idx) == LUA_TFUNCTION && !lua_iscfunction(L, idx)
                      ? CALL_BUF_BLOCK
                      : BUF_BLOCK;

@@ -240,6 +240,25 @@ describe("weft.copy", function()
       local r = copy(function(...) return select("#", ...), ... end)
       assert.are.same({ 3, "a", "b", "c" }, { r("a", "b", "c") })
     end)
+
+    -- the encoder keeps the bytecode of a function that comes again and
+    -- again; a function of another prototype at a collected one's
+    -- address (each round below reuses the last one's) is not it
+    it("copies each function as itself when the same ones come again and when addresses are reused", function()
+      local function a() return "a" end
+      local function b() return "b" end
+      local got = {}
+      for _, f in ipairs { a, a, a, b, a, a, b, b, b, a } do got[#got + 1] = copy(f)() end
+      assert.equal("aaabaabbba", table.concat(got))
+      local wrong = 0
+      for i = 1, 200 do
+        local f = i % 2 == 0 and function() return "even" end or function() return "odd" end
+        if copy(f)() ~= (i % 2 == 0 and "even" or "odd") then wrong = wrong + 1 end
+        f = nil -- luacheck: ignore 311
+        collectgarbage()
+      end
+      assert.equal(0, wrong)
+    end)
   end)
 
   describe("C functions", function()

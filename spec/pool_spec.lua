@@ -549,6 +549,18 @@ describe("copying jobs", function()
     assert.same({ true, "fine" }, { await(p:submit(root, function() return "fine" end)) })
   end)
 
+  it("runs each job's own function when the same functions are submitted again and again", function()
+    local p = new_pool { workers = 2 }
+    local function a(_, i) return "a" .. i end
+    local function b(_, i) return "b" .. i end
+    local order = { a, a, a, b, a, a, b, b, b, a }
+    local fs = {}
+    for i, fn in ipairs(order) do fs[i] = p:submit(root, fn, i) end
+    for i, fn in ipairs(order) do
+      assert.same({ true, (fn == a and "a" or "b") .. i }, { await(fs[i]) })
+    end
+  end)
+
   it("fails a job whose C function's module is not loaded in the worker", function()
     local lfs = package.loaded.lfs -- loaded by busted, not by the workers
     if not lfs then
