@@ -626,6 +626,13 @@ describe("hard cancel against hostile loops", function()
   -- to malloc) so that ThreadSanitizer runs deliver the cancel signal.
   local LOOP = 1
 
+  -- The loops' body: allocates until `seconds` have passed (jobs carry it
+  -- to their worker as an upvalue).
+  local function busy_for(seconds)
+    local deadline = weft.now() + seconds
+    while weft.now() < deadline do local _ = {} end
+  end
+
   -- Cancels once started() holds, waits for f, checks that it ended as
   -- canceled; returns how long after the cancel it ended.
   local function cancel_and_time(f, cancel, started)
@@ -646,8 +653,7 @@ describe("hard cancel against hostile loops", function()
     local f = p:submit(ctx, function(_, ch, loop)
       local inner = coroutine.wrap(function()
         ch:try_send(true)
-        local deadline = weft.now() + loop
-        while weft.now() < deadline do local _ = {} end
+        busy_for(loop)
         return "the inner loop ended by itself"
       end)
       return inner()
@@ -679,8 +685,7 @@ describe("hard cancel against hostile loops", function()
   it("stops a __close handler that loops while a canceled job unwinds", function()
     stops_looping_close(function(_, loop, s)
       local _ <close> = setmetatable({}, { __close = function()
-        local deadline = weft.now() + loop
-        while weft.now() < deadline do local _ = {} end
+        busy_for(loop)
       end })
       s()
     end)
@@ -690,8 +695,7 @@ describe("hard cancel against hostile loops", function()
     stops_looping_close(function(_, loop, s)
       pcall(function()
         local _ <close> = setmetatable({}, { __close = function()
-          local deadline = weft.now() + loop
-          while weft.now() < deadline do local _ = {} end
+          busy_for(loop)
         end })
         s()
       end)
@@ -707,8 +711,7 @@ describe("hard cancel against hostile loops", function()
     local f = p:submit(ctx, function(_, ch, loop)
       error(setmetatable({}, { __tostring = function()
         ch:try_send(true)
-        local deadline = weft.now() + loop
-        while weft.now() < deadline do local _ = {} end
+        busy_for(loop)
         return "slow message"
       end }))
     end, started, LOOP)
