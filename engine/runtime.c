@@ -126,6 +126,7 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
     weft_timer_destroy(&rt->timer);
     pthread_mutex_destroy(&rt->gcmu);
     pthread_mutex_destroy(&rt->mu);
+    weft_alloc_destroy(rt);
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
   }
@@ -332,23 +333,21 @@ int weft_runtime_open(weft_runtime *rt, lua_State *L) {
   return 0;
 }
 
-void **weft_runtime_inbox(lua_State *L) {
+/* L's binding to a live runtime; raises when there is none. */
+static binding *binding_of(lua_State *L) {
   binding *b = NULL;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &binding_key) == LUA_TUSERDATA)
     b = lua_touserdata(L, -1);
   lua_pop(L, 1);
   if (b == NULL || b->rt == NULL)
     luaL_error(L, "weft.core is not opened in this state");
-  return &b->inbox;
+  return b;
 }
 
+void **weft_runtime_inbox(lua_State *L) { return &binding_of(L)->inbox; }
+
 weft_runtime *weft_runtime_of_fn(lua_State *L, const void ***last_fn) {
-  binding *b = NULL;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &binding_key) == LUA_TUSERDATA)
-    b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (b == NULL || b->rt == NULL)
-    luaL_error(L, "weft.core is not opened in this state");
+  binding *b = binding_of(L);
   if (last_fn != NULL) *last_fn = &b->last_fn;
   return b->rt;
 }
