@@ -171,7 +171,7 @@ weft_object *weft_check_object(lua_State *L, int arg, const weft_class *cls) {
 }
 
 weft_object *weft_handle_take(lua_State *L, int idx) {
-  handle *h = lua_touserdata(L, idx);
+  handle *h = as_handle(L, idx);  /* from a __gc, which Lua code can call */
   weft_object *o = h != NULL ? h->obj : NULL;
   if (o != NULL) h->obj = NULL;
   return o;
