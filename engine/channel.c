@@ -45,6 +45,7 @@
 */
 #include "channel.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
@@ -425,20 +426,21 @@ static weft_object *chan_gc_next(weft_object *o) {
 
 /*
 ** ch->mu held: stops the fast paths (the LOCKED flag on both words: a fast
-** op that has not reserved its position yet takes the lock instead) and
-** waits for the sends already reserved to be published, so that the ring
-** from head to tail can be read.  Returns whether it set the flag (then
-** gc_resume clears it).
+** op that has not reserved its position yet takes the lock instead); *set
+** says whether it set the flag (then gc_resume clears it).  Returns whether
+** every send already reserved is published, so that the ring from head to
+** tail can be read; it does not wait for one that is not (a sender between
+** its reservation and publishing, which holds the channel: it is live).
 */
-static bool gc_pause(weft_chan *ch) {
-  bool set = !(atomic_fetch_or(&ch->tail, F_LOCKED) & F_LOCKED);
+static bool gc_pause(weft_chan *ch, bool *set) {
+  *set = !(atomic_fetch_or(&ch->tail, F_LOCKED) & F_LOCKED);
   atomic_fetch_or(&ch->head, F_LOCKED);
   uint64_t h = pos_of(head_word(ch)), t = pos_of(tail_word(ch));
   for (uint64_t p = h; p < t && ch->size > 0; p++)
-    while (atomic_load_explicit(&slot_at(ch, p)->seq, memory_order_acquire) !=
-           2 * p + 1)
-      sched_yield();  /* a sender between its reservation and publishing */
-  return set;
+    if (atomic_load_explicit(&slot_at(ch, p)->seq, memory_order_acquire) !=
+        2 * p + 1)
+      return false;
+  return true;
 }
 
 static void gc_resume(weft_chan *ch, bool set) {
@@ -450,7 +452,7 @@ static void gc_resume(weft_chan *ch, bool set) {
 static bool chan_gc_edges(weft_object *o, weft_gc_visit *v) {
   weft_chan *ch = (weft_chan *)o;
   if (pthread_mutex_trylock(&ch->mu) != 0) return false;
-  bool set = gc_pause(ch), ok = true;
+  bool set, ok = gc_pause(ch, &set);  /* not: counts as live */
   uint64_t h = pos_of(head_word(ch)), t = pos_of(tail_word(ch));
   for (uint64_t p = h; ok && p < t; p++) {
     weft_msg *m = &slot_at(ch, p)->msg;
@@ -464,7 +466,9 @@ static bool chan_gc_edges(weft_object *o, weft_gc_visit *v) {
 static void chan_gc_clear(weft_object *o, weft_gc_visit *v) {
   weft_chan *ch = (weft_chan *)o;
   pthread_mutex_lock(&ch->mu);
-  bool set = gc_pause(ch);
+  bool set, ready = gc_pause(ch, &set);
+  assert(ready);  /* garbage: no sender is in the middle of a send */
+  (void)ready;
   uint64_t h = pos_of(head_word(ch)), t = pos_of(tail_word(ch));
   for (uint64_t p = h; p < t; p++) {  /* taken out: the buffers go to v */
     slot *s = slot_at(ch, p);
