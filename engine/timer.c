@@ -95,7 +95,7 @@ static void heap_delete(weft_timer *t, size_t i) {
 
 /* --- the thread ---------------------------------------------------------- */
 
-static struct timespec to_timespec(double when) {
+struct timespec weft_timespec_at(double when) {
   struct timespec ts;
   if (!(when < 4e9)) when = 4e9;  /* far future (also NaN): ~126 years */
   if (when < 0) when = 0;
@@ -117,7 +117,7 @@ static void *timer_main(void *arg) {
     }
     double now = weft_now();
     if (t->heap[0]->when > now) {
-      struct timespec ts = to_timespec(t->heap[0]->when);
+      struct timespec ts = weft_timespec_at(t->heap[0]->when);
       pthread_cond_timedwait(&t->cv, &t->mu, &ts);
       continue;
     }

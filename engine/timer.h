@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 typedef struct weft_timer_entry weft_timer_entry;
 
@@ -49,5 +50,10 @@ int weft_timer_add(weft_timer *t, weft_timer_entry *e, double when);
 /* Unqueues e if it is still queued.  Any thread, not holding owner locks
    that fire() takes. */
 void weft_timer_remove(weft_timer *t, weft_timer_entry *e);
+
+/* The absolute CLOCK_MONOTONIC time of `when` (weft_now's clock), for a
+   timed wait on a condition variable with that clock; far or NaN: ~126
+   years. */
+struct timespec weft_timespec_at(double when);
 
 #endif

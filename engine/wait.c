@@ -119,18 +119,9 @@ bool weft_park_block_until(weft_park *p, double deadline) {
   weft_park_sync *s = p->sync;
   pthread_mutex_lock(&s->mu);
   weft_spin(&s->mu, &p->woken, WEFT_SPIN_SECONDS);
-  while (!p->woken) {
-    double left = deadline - weft_now();
-    if (!(left > 0)) break;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double at = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 + left;
-    if (at > 4e9) at = 4e9;  /* far enough: the loop checks again */
-    ts.tv_sec = (time_t)at;
-    ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec > 999999999L) ts.tv_nsec = 999999999L;
+  struct timespec ts = weft_timespec_at(deadline);
+  while (!p->woken && weft_now() < deadline)
     pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-  }
   bool woken = p->woken;
   p->woken = false;
   pthread_mutex_unlock(&s->mu);
