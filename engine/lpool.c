@@ -196,12 +196,11 @@ static void push_call(lua_State *L) {
 }
 
 /* Tries the submit once without blocking: pushes its results and returns
-   their count; when the pool is full, returns 0 unless saturated says to
-   push nil, weft.SATURATED. */
-static int submit_once(lua_State *L, const call *c, bool saturated) {
+   their count, or 0 when the pool is full. */
+static int submit_once(lua_State *L, const call *c) {
   weft_future *f = NULL;
   int r = weft_pool_try_submit(c->pool, c->ctx, *c->guard, &f);
-  if (r == WEFT_SUBMIT_FULL && !saturated) return 0;
+  if (r == WEFT_SUBMIT_FULL) return 0;
   if (r == WEFT_SUBMIT_OK) weft_guard_take(c->guard);  /* the job owns it */
   return submit_result(L, r, f);
 }
@@ -254,7 +253,7 @@ static int submit_k(lua_State *L, int status, lua_KContext kc) {
       lua_pushstring(L, weft_ctx_errmsg(err));
       return 2;
     }
-    int n = submit_once(L, &c, false);
+    int n = submit_once(L, &c);
     if (n > 0) return n;
     if (!weft_block_on_ctx(b, c.ctx) || !weft_block_on_admit(b, c.pool)) continue;
     weft_block_wait(L, b, kc, submit_k);

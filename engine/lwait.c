@@ -58,6 +58,7 @@ struct weft_block {
 /* The timeout may no longer wake the park; a wake in progress is over
    when this returns. */
 static void disarm(weft_block *b) {
+  if (b->rt == NULL) return;  /* no timeout: nothing can wake through it */
   int st = T_ARMED;
   if (atomic_compare_exchange_strong(&b->tstate, &st, T_OFF)) return;
   while (st == T_FIRING) {  /* on the timer thread, a few instructions */

@@ -1,7 +1,7 @@
 /*
 ** pmap.h: a map from addresses to 64-bit values, for one thread's use
 ** (the copier's "seen" objects, the cycle collector's nodes).  Open
-** addressing; the first PMAP_INLINE slots live in the map itself, so a
+** addressing; the first WEFT_PMAP_INLINE slots live in the map itself, so a
 ** small map allocates nothing, and a map must not be moved once used.
 ** A zeroed map is empty.
 */

@@ -1131,7 +1131,6 @@ static void worker_warn(void *ud, const char *msg, int tocont) {
   w->warning_len = 0;
 }
 
-/* Under lua_pcall in a new worker state: 1 = the worker. */
 /* Under lua_pcall, on the thread that makes the pool: 1 = the worker.  The
    standard libraries, the engine's guards and weft. */
 static int build_k(lua_State *L) {
@@ -1777,8 +1776,6 @@ static bool pool_busy(weft_pool *p) {
   return busy;
 }
 
-/* Blocks the calling thread until p is idle or the deadline (INFINITY:
-   none) passes; whether it is idle. */
 /* Waits until p is idle or the deadline passes; returns whether it is
    idle.  Allocates nothing, so close still waits when memory ran out. */
 static bool wait_idle_until(weft_pool *p, double deadline) {
