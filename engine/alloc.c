@@ -10,29 +10,78 @@
 ** worker; a result the other way round), which is malloc's worst case:
 ** every free lands in another thread's arena, under its lock, and the
 ** maker's own free lists stay empty.  Blocks of up to 512 bytes are kept
-** per size class (at most CACHE_DEPTH each) and handed out again, to any
-** thread.  The counts are sharded by thread (a hash of the stack address)
-** so that threads do not fight over one cache line per allocation.
+** per size class and handed out again, to any thread.
 **
-** Locking: each class has its own mutex (adaptive: its critical sections
-** are a few instructions), a leaf taken alone.  The counts are atomic.
-** The cache is off under AddressSanitizer and when WEFT_NO_BLOCK_CACHE=1
-** (spec/run sets it for valgrind and the allocation sweep; the fuzz
-** target too): reused blocks would hide a use after free from them, and
-** the sweep wants every allocation to reach its failing allocator.
+** Why shards: one cache shared by every thread put one lock per class on
+** every allocation's path, and the submitting thread and the workers took
+** it in turn, each time pulling its cache line from the other core.  Each
+** thread now takes a shard of its own (the first time it allocates from a
+** runtime, round-robin, remembered in a thread-local slot) and keeps its
+** free blocks there; the shards trade whole magazines (MAG blocks) with a
+** per-class depot, so that blocks freed on a worker reach the submitting
+** thread one lock round per MAG blocks (Bonwick and Adams, "Magazines and
+** Vmem", 2001: a loaded and a previous magazine per shard, so that a thread
+** alternating between taking and giving does not trade at every step).
+** The live counts are kept per shard for the same reason.
+**
+** Locking: a shard's mutex guards its lists; it is uncontended unless more
+** threads than SHARDS allocate at once.  A depot's mutex is
+** taken under a shard's, never the other way round; both are leaves.
+** The counts are atomic.  The cache is off under AddressSanitizer and when
+** WEFT_NO_BLOCK_CACHE=1 (spec/run sets it for valgrind and the allocation
+** sweep; the fuzz target too): reused blocks would hide a use after free
+** from them, and the sweep wants every allocation to reach its failing
+** allocator.
 */
 #include "runtime.h"
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define CACHE_DEPTH 256  /* blocks kept per class */
+#define CLASSES 6  /* blocks of 64 to 512 bytes */
+#define SHARDS 16
+#define MAG 32        /* blocks per magazine */
+#define DEPOT_MAGS 8  /* full magazines a depot keeps, and empty ones */
+#define LINE 64
 
-/* The classes' block sizes: past 128 bytes, steps of at most half a
-   class, so that a block wastes less than a third of itself. */
-static const size_t class_size[WEFT_CACHE_CLASSES] = {64,  128, 192,
-                                                      256, 384, 512};
+/* A magazine: an array of free blocks of one class.  The blocks are never
+   written while cached, so taking one does not read memory another thread
+   wrote last (a load that would wait for that thread's core). */
+typedef struct mag {
+  struct mag *next;  /* in a depot's list */
+  int n;
+  void *blocks[MAG];
+} mag;
+
+typedef struct shard {
+  pthread_mutex_t mu;
+  mag *loaded[CLASSES];  /* mu: blocks are taken from and given to it */
+  mag *prev[CLASSES];    /* mu: NULL, empty or full */
+  atomic_long blocks, bytes;  /* live counts: this shard's share */
+} shard;
+
+typedef struct depot {
+  pthread_mutex_t mu;
+  mag *full, *empty;  /* mu */
+  int nfull, nempty;
+} depot;
+
+/* Each shard and depot on cache lines of its own. */
+#define PADDED(T) (((sizeof(T) + LINE - 1) / LINE) * LINE)
+
+struct weft_alloc_cache {
+  void *mem;          /* as allocated: the rest is aligned within it */
+  size_t size;
+  bool on;
+  atomic_uint next;   /* the slot the next new thread takes */
+  char *shards;       /* SHARDS shards, then CLASSES depots, each PADDED */
+};
+
+/* The class's block sizes: past 128 bytes, steps of at most half a class,
+   so that a block wastes less than a third of itself. */
+static const size_t class_size[CLASSES] = {64, 128, 192, 256, 384, 512};
 
 #if defined(__SANITIZE_ADDRESS__)
 #define CACHE_BUILT false
@@ -45,101 +94,235 @@ static const size_t class_size[WEFT_CACHE_CLASSES] = {64,  128, 192,
 #define CACHE_BUILT true
 #endif
 
+/* The calling thread's slot (1-based; 0 until it first allocates), taken
+   from the first runtime it allocates from and used for all of them: a
+   hint for spreading threads over shards, never a correctness matter.
+   Initial-exec, as pool.c's tls_worker, for the same reason. */
+static _Thread_local unsigned tls_slot __attribute__((tls_model("initial-exec")));
+
+static shard *shard_at(weft_alloc_cache *k, int i) {
+  return (shard *)(k->shards + (size_t)i * PADDED(shard));
+}
+
+static depot *depot_of(weft_alloc_cache *k, int c) {
+  return (depot *)(k->shards + SHARDS * PADDED(shard) + (size_t)c * PADDED(depot));
+}
+
+static shard *my_shard(weft_alloc_cache *k) {
+  unsigned s = tls_slot;
+  if (s == 0) {
+    s = atomic_fetch_add_explicit(&k->next, 1, memory_order_relaxed) % SHARDS + 1;
+    tls_slot = s;
+  }
+  return shard_at(k, (int)s - 1);
+}
+
 /* The class of a block of n bytes, or -1 when it is not cached. */
 static int class_of(size_t n) {
-  for (int c = 0; c < WEFT_CACHE_CLASSES; c++)
+  for (int c = 0; c < CLASSES; c++)
     if (n <= class_size[c]) return c;
   return -1;
 }
 
-static weft_alloc_shard *shard(weft_runtime *rt) {
-  char here;
-  uint64_t a = (uint64_t)(uintptr_t)&here >> 16;  /* one per thread stack */
-  a *= 0x9e3779b97f4a7c15u;
-  return &rt->live[a >> 61];  /* WEFT_ALLOC_SHARDS is 8 */
-}
-
 static void count(weft_runtime *rt, long blocks, long bytes) {
-  weft_alloc_shard *s = shard(rt);
+  shard *s = my_shard(rt->cache);
   if (blocks != 0)
     atomic_fetch_add_explicit(&s->blocks, blocks, memory_order_relaxed);
   atomic_fetch_add_explicit(&s->bytes, bytes, memory_order_relaxed);
 }
 
-bool weft_alloc_init(weft_runtime *rt) {
-  for (int i = 0; i < WEFT_ALLOC_SHARDS; i++) {
-    atomic_init(&rt->live[i].blocks, 0);
-    atomic_init(&rt->live[i].bytes, 0);
+/* Frees m's blocks (of class c) and, unless keep, m itself. */
+static void mag_free(weft_runtime *rt, int c, mag *m, bool keep) {
+  if (m == NULL) return;
+  for (int i = 0; i < m->n; i++)
+    rt->alloc(rt->alloc_ud, m->blocks[i], class_size[c], 0);
+  m->n = 0;
+  if (!keep) rt->alloc(rt->alloc_ud, m, sizeof *m, 0);
+}
+
+static void mag_free_list(weft_runtime *rt, int c, mag *m) {
+  while (m != NULL) {
+    mag *n = m->next;
+    mag_free(rt, c, m, false);
+    m = n;
   }
+}
+
+int weft_alloc_init(weft_runtime *rt) {
+  size_t size = sizeof(weft_alloc_cache) + LINE + SHARDS * PADDED(shard) +
+                CLASSES * PADDED(depot);
+  void *mem = rt->alloc(rt->alloc_ud, NULL, 0, size);
+  if (mem == NULL) return ENOMEM;
+  memset(mem, 0, size);
+  weft_alloc_cache *k = mem;
+  k->mem = mem;
+  k->size = size;
+  uintptr_t at = (uintptr_t)mem + sizeof *k;
+  k->shards = (char *)mem + ((at + LINE - 1) / LINE * LINE - (uintptr_t)mem);
+  atomic_init(&k->next, 0);
   const char *off = getenv("WEFT_NO_BLOCK_CACHE");
-  rt->cache_on = CACHE_BUILT && !(off != NULL && strcmp(off, "1") == 0);
+  k->on = CACHE_BUILT && !(off != NULL && strcmp(off, "1") == 0);
   pthread_mutexattr_t a;
-  if (pthread_mutexattr_init(&a) != 0) return false;
-  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
-  int c = 0;
-  for (; c < WEFT_CACHE_CLASSES; c++) {
-    weft_block_cache *k = &rt->cache[c];
-    k->head = NULL;
-    k->n = 0;
-    if (pthread_mutex_init(&k->mu, &a) != 0) break;
+  int e = pthread_mutexattr_init(&a), i = 0, c = 0;
+  if (e != 0) {
+    rt->alloc(rt->alloc_ud, mem, size, 0);
+    return e;
   }
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
+  for (; i < SHARDS; i++) {
+    shard *s = shard_at(k, i);
+    atomic_init(&s->blocks, 0);
+    atomic_init(&s->bytes, 0);
+    if ((e = pthread_mutex_init(&s->mu, &a)) != 0) break;
+  }
+  for (; e == 0 && c < CLASSES; c++)
+    if ((e = pthread_mutex_init(&depot_of(k, c)->mu, &a)) != 0) break;
   pthread_mutexattr_destroy(&a);
-  if (c == WEFT_CACHE_CLASSES) return true;
-  while (c-- > 0) pthread_mutex_destroy(&rt->cache[c].mu);
-  return false;
+  if (e == 0) {
+    rt->cache = k;
+    return 0;
+  }
+  while (c-- > 0) pthread_mutex_destroy(&depot_of(k, c)->mu);
+  while (i-- > 0) pthread_mutex_destroy(&shard_at(k, i)->mu);
+  rt->alloc(rt->alloc_ud, mem, size, 0);
+  return e;
 }
 
 void weft_alloc_destroy(weft_runtime *rt) {
-  for (int c = 0; c < WEFT_CACHE_CLASSES; c++) {
-    weft_block_cache *k = &rt->cache[c];
-    size_t size = class_size[c];
-    while (k->head != NULL) {
-      void *p = k->head;
-      memcpy(&k->head, p, sizeof(void *));
-      rt->alloc(rt->alloc_ud, p, size, 0);
+  weft_alloc_cache *k = rt->cache;
+  for (int i = 0; i < SHARDS; i++) {
+    shard *s = shard_at(k, i);
+    for (int c = 0; c < CLASSES; c++) {
+      mag_free(rt, c, s->loaded[c], false);
+      mag_free(rt, c, s->prev[c], false);
     }
-    pthread_mutex_destroy(&k->mu);
+    pthread_mutex_destroy(&s->mu);
   }
+  for (int c = 0; c < CLASSES; c++) {
+    depot *d = depot_of(k, c);
+    mag_free_list(rt, c, d->full);
+    mag_free_list(rt, c, d->empty);
+    pthread_mutex_destroy(&d->mu);
+  }
+  rt->cache = NULL;
+  rt->alloc(rt->alloc_ud, k->mem, k->size, 0);
 }
 
 void weft_alloc_live(weft_runtime *rt, long *blocks, long *bytes) {
   long nb = 0, ns = 0;
-  for (int i = 0; i < WEFT_ALLOC_SHARDS; i++) {
-    nb += atomic_load_explicit(&rt->live[i].blocks, memory_order_relaxed);
-    ns += atomic_load_explicit(&rt->live[i].bytes, memory_order_relaxed);
+  for (int i = 0; i < SHARDS; i++) {
+    shard *s = shard_at(rt->cache, i);
+    nb += atomic_load_explicit(&s->blocks, memory_order_relaxed);
+    ns += atomic_load_explicit(&s->bytes, memory_order_relaxed);
   }
   *blocks = nb;
   *bytes = ns;
 }
 
-/* A block of class c from the cache, or from the allocator. */
-static void *take(weft_runtime *rt, int c) {
-  weft_block_cache *k = &rt->cache[c];
-  void *p = NULL;
-  if (rt->cache_on) {
-    pthread_mutex_lock(&k->mu);
-    p = k->head;
-    if (p != NULL) {
-      memcpy(&k->head, p, sizeof(void *));
-      k->n--;
+/*
+** A block of class c from the caller's shard: from its loaded magazine,
+** else from its previous one (full), else from a full one of the depot
+** (which takes the empty one back); NULL when there is none.  s->mu held;
+** *drop is set to a magazine to free (the depot has enough empty ones).
+*/
+static void *take_cached(weft_alloc_cache *k, shard *s, int c, mag **drop) {
+  mag *m = s->loaded[c], *pv = s->prev[c];
+  if (m == NULL || m->n == 0) {
+    if (pv != NULL && pv->n > 0) {
+      s->prev[c] = m;
+      s->loaded[c] = m = pv;
+    } else {
+      depot *d = depot_of(k, c);
+      pthread_mutex_lock(&d->mu);
+      mag *f = d->full;
+      if (f != NULL) {
+        d->full = f->next;
+        d->nfull--;
+        if (m != NULL && d->nempty < DEPOT_MAGS) {
+          m->next = d->empty;
+          d->empty = m;
+          d->nempty++;
+        } else {
+          *drop = m;
+        }
+      }
+      pthread_mutex_unlock(&d->mu);
+      if (f == NULL) return NULL;
+      s->loaded[c] = m = f;
     }
-    pthread_mutex_unlock(&k->mu);
+  }
+  return m->blocks[--m->n];
+}
+
+static void *take(weft_runtime *rt, int c) {
+  weft_alloc_cache *k = rt->cache;
+  void *p = NULL;
+  if (k->on) {
+    shard *s = my_shard(k);
+    mag *drop = NULL;
+    pthread_mutex_lock(&s->mu);
+    p = take_cached(k, s, c, &drop);
+    pthread_mutex_unlock(&s->mu);
+    mag_free(rt, c, drop, false);
   }
   return p != NULL ? p : rt->alloc(rt->alloc_ud, NULL, 0, class_size[c]);
 }
 
-/* Gives a block of class c back to the cache, or to the allocator. */
-static void give(weft_runtime *rt, int c, void *p) {
-  weft_block_cache *k = &rt->cache[c];
-  if (rt->cache_on) {
-    pthread_mutex_lock(&k->mu);
-    bool kept = k->n < CACHE_DEPTH;
-    if (kept) {
-      memcpy(p, &k->head, sizeof(void *));
-      k->head = p;
-      k->n++;
+/*
+** Gives p (of class c) to the caller's shard: to its loaded magazine, else
+** to its previous one (empty), else the previous one (full) goes to the
+** depot and an empty one from the depot (or a new one) is loaded.  Returns
+** false when p could not be kept.  s->mu held; *drop is set to a full
+** magazine to free (the depot has enough full ones).
+*/
+static bool give_cached(weft_runtime *rt, shard *s, int c, void *p,
+                        mag **drop) {
+  mag *m = s->loaded[c], *pv = s->prev[c];
+  if (m == NULL || m->n == MAG) {
+    if (pv != NULL && pv->n == 0) {
+      s->prev[c] = m;
+      s->loaded[c] = m = pv;
+    } else {
+      depot *d = depot_of(rt->cache, c);
+      pthread_mutex_lock(&d->mu);
+      if (pv != NULL && d->nfull < DEPOT_MAGS) {
+        pv->next = d->full;
+        d->full = pv;
+        d->nfull++;
+        pv = NULL;
+      }
+      mag *e = d->empty;
+      if (e != NULL) {
+        d->empty = e->next;
+        d->nempty--;
+      }
+      pthread_mutex_unlock(&d->mu);
+      if (e == NULL && pv != NULL) {  /* reuse the one the depot refused */
+        mag_free(rt, c, pv, true);
+        e = pv;
+      } else {
+        *drop = pv;
+      }
+      if (e == NULL) e = rt->alloc(rt->alloc_ud, NULL, 0, sizeof *e);
+      if (e == NULL) return false;
+      e->n = 0;
+      s->prev[c] = m;
+      s->loaded[c] = m = e;
     }
-    pthread_mutex_unlock(&k->mu);
+  }
+  m->blocks[m->n++] = p;
+  return true;
+}
+
+static void give(weft_runtime *rt, int c, void *p) {
+  weft_alloc_cache *k = rt->cache;
+  if (k->on) {
+    shard *s = my_shard(k);
+    mag *drop = NULL;
+    pthread_mutex_lock(&s->mu);
+    bool kept = give_cached(rt, s, c, p, &drop);
+    pthread_mutex_unlock(&s->mu);
+    mag_free(rt, c, drop, false);
     if (kept) return;
   }
   rt->alloc(rt->alloc_ud, p, class_size[c], 0);

@@ -96,13 +96,14 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   rt->alloc_ud = cfg->alloc_ud;
   rt->cfg = *cfg;
   rt->cfg.name = rt->cfg.lua_path = rt->cfg.lua_cpath = NULL;  /* not kept */
-  if (!weft_alloc_init(rt)) {
-    set_err(err, errlen, "cannot initialize a mutex");
+  int e = weft_alloc_init(rt);
+  if (e != 0) {
+    set_err(err, errlen, strerror(e));
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
   }
   atomic_init(&rt->gcq, NULL);
-  int e = pthread_mutex_init(&rt->mu, NULL);
+  e = pthread_mutex_init(&rt->mu, NULL);
   if (e == 0) {
     e = pthread_mutex_init(&rt->gcmu, NULL);
     if (e != 0) pthread_mutex_destroy(&rt->mu);

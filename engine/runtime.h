@@ -30,23 +30,14 @@ typedef struct weft_udtype {
   void *ud;
 } weft_udtype;
 
-/* alloc.c: a size class of cached free blocks, and a shard of the live
-   counts (each padded to its own cache line). */
-#define WEFT_CACHE_CLASSES 6  /* blocks of 64 to 512 bytes */
-#define WEFT_ALLOC_SHARDS 8
-typedef struct weft_block_cache {
-  pthread_mutex_t mu;
-  void *head;  /* mu: free blocks, each linked through its first word */
-  int n;
-  char pad[64 - sizeof(void *) - sizeof(int)];
-} weft_block_cache;
-typedef struct weft_alloc_shard {
-  atomic_long blocks, bytes;
-  char pad[64 - 2 * sizeof(atomic_long)];
-} weft_alloc_shard;
+/* alloc.c: the block cache and the live counts, sharded by thread. */
+typedef struct weft_alloc_cache weft_alloc_cache;
 
 struct weft_runtime {
   atomic_long refs;          /* host, bound states, live objects */
+  char refs_line[64 - sizeof(atomic_long)];  /* refs change with every
+                                future made or freed: the rest, read by
+                                every thread, is kept off its cache line */
   lua_Alloc alloc;
   void *alloc_ud;
   weft_config cfg;           /* the host's hooks (paths and name cleared) */
@@ -61,9 +52,7 @@ struct weft_runtime {
   struct weft_hostreq *reqs, *reqs_tail;  /* weft.on_host calls */
   bool closing;
   atomic_long pending;       /* completions queued for a poll */
-  bool cache_on;              /* alloc.c: set at creation */
-  weft_block_cache cache[WEFT_CACHE_CLASSES];
-  weft_alloc_shard live[WEFT_ALLOC_SHARDS];  /* engine allocations */
+  weft_alloc_cache *cache;   /* alloc.c: shards, depots, cache_on */
   weft_udtype types[WEFT_MAX_TYPES];  /* [0, ntypes) immutable once set */
   atomic_int ntypes;
   pthread_mutex_t gcmu;      /* the cycle collector's (cycle.c): only ever
@@ -78,8 +67,8 @@ void *weft_realloc(weft_runtime *rt, void *p, size_t osize, size_t nsize);
 void weft_free(weft_runtime *rt, void *p, size_t n);
 /* The engine's live blocks and bytes (weft_alloc minus weft_free). */
 void weft_alloc_live(weft_runtime *rt, long *blocks, long *bytes);
-/* At creation (false: no memory) and at the very end of a runtime. */
-bool weft_alloc_init(weft_runtime *rt);
+/* At creation (0, or an errno value) and at the very end of a runtime. */
+int weft_alloc_init(weft_runtime *rt);
 void weft_alloc_destroy(weft_runtime *rt);
 
 void weft_runtime_retain(weft_runtime *rt);
