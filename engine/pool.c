@@ -113,7 +113,11 @@ struct weft_pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;         /* start-up and join handshakes */
   int inflight, nqueued;
-  int resolving;             /* finished jobs whose future is resolving */
+  atomic_int resolving;      /* finished jobs whose future is resolving
+                                (raised under mu, lowered without it) */
+  atomic_bool idle_watch;    /* set under mu while idle_waiters may be
+                                non-empty: a finishing job looks at it
+                                after lowering resolving (finish) */
   weft_job *newq, *newq_tail, *waitq, *waitq_tail;
   weft_waiter *admit_waiters, *idle_waiters;
   worker *idle;
@@ -121,12 +125,15 @@ struct weft_pool {
   int nstarted;              /* workers that finished start-up */
   char start_err[256];
   bool shutdown, stopping, joining, joined;
-  atomic_long running, parked;
   long submitted, completed, failed, panicked, canceled;
   weft_job *active;          /* started jobs, not finished */
   int nactive, npoolwait;    /* npoolwait: active jobs parked on p's work */
   unsigned gen;
   long deadlocks;
+  char hot_line[64];         /* the workers' counters below change at every
+                                job slice: kept off the line of the fields
+                                a submit reads */
+  atomic_long running, parked;
   atomic_long memory_errors;  /* jobs that failed at the memory limit */
   char deadlock_msg[512];
   bool coop;                 /* cooperative: one worker, no thread */
@@ -659,6 +666,12 @@ static void keep_or_drop(worker *w, weft_job *j) {
   }
 }
 
+/* Nothing admitted, queued or resolving; p->mu held. */
+static bool pool_idle(weft_pool *p) {
+  return p->inflight == 0 && p->nqueued == 0 &&
+         atomic_load(&p->resolving) == 0;
+}
+
 /* Resolves the job's future, keeps or drops its coroutine, gives its slot
    back. */
 static void finish(worker *w, weft_job *j, int outcome, int state,
@@ -700,15 +713,25 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
     p->inflight++;
     push(&p->newq, &p->newq_tail, next);
   }
-  p->resolving++;  /* not idle until the future is resolved */
+  bool admit = p->admit_waiters != NULL;
+  /* not idle until the future is resolved */
+  atomic_fetch_add_explicit(&p->resolving, 1, memory_order_relaxed);
   pthread_mutex_unlock(&p->mu);
   weft_future_resolve(j->future, state, result);
-  pthread_mutex_lock(&p->mu);
-  p->resolving--;
-  weft_waiters_wake_all(&p->admit_waiters);
-  if (p->inflight == 0 && p->nqueued == 0 && p->resolving == 0)
-    weft_waiters_wake_all(&p->idle_waiters);
-  pthread_mutex_unlock(&p->mu);
+  /* A waiter for idle registers (idle_watch, then resolving read) as this
+     lowers resolving and reads idle_watch: both sequentially consistent,
+     so either the waiter sees the count lowered or this sees the flag.
+     Blocked submits came before the slot was freed, or saw it free. */
+  atomic_fetch_sub(&p->resolving, 1);
+  if (admit || atomic_load(&p->idle_watch)) {
+    pthread_mutex_lock(&p->mu);
+    weft_waiters_wake_all(&p->admit_waiters);
+    if (pool_idle(p)) {
+      weft_waiters_wake_all(&p->idle_waiters);
+      atomic_store(&p->idle_watch, false);
+    }
+    pthread_mutex_unlock(&p->mu);
+  }
   job_free(j);
 }
 
@@ -1510,6 +1533,8 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   p->on_panic = cfg->on_panic;
   atomic_init(&p->running, 0);
   atomic_init(&p->parked, 0);
+  atomic_init(&p->resolving, 0);
+  atomic_init(&p->idle_watch, false);
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
   p->coop = cfg->cooperative;
@@ -1669,8 +1694,10 @@ void weft_pool_remove_admit_waiter(weft_pool *p, weft_waiter *w) {
 
 bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w) {
   pthread_mutex_lock(&p->mu);
-  bool busy = p->inflight > 0 || p->nqueued > 0 || p->resolving > 0;
+  atomic_store(&p->idle_watch, true);  /* before resolving is read */
+  bool busy = !pool_idle(p);
   if (busy) weft_waiters_add(&p->idle_waiters, w);
+  atomic_store(&p->idle_watch, p->idle_waiters != NULL);
   pthread_mutex_unlock(&p->mu);
   return busy;
 }
@@ -1678,6 +1705,7 @@ bool weft_pool_add_idle_waiter(weft_pool *p, weft_waiter *w) {
 void weft_pool_remove_idle_waiter(weft_pool *p, weft_waiter *w) {
   pthread_mutex_lock(&p->mu);
   weft_waiters_remove(&p->idle_waiters, w);
+  atomic_store(&p->idle_watch, p->idle_waiters != NULL);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -1771,7 +1799,7 @@ void weft_pools_stop_all(weft_runtime *rt) {
 
 static bool pool_busy(weft_pool *p) {
   pthread_mutex_lock(&p->mu);
-  bool busy = p->inflight > 0 || p->nqueued > 0 || p->resolving > 0;
+  bool busy = !pool_idle(p);
   pthread_mutex_unlock(&p->mu);
   return busy;
 }
