@@ -186,13 +186,15 @@ static void kick(worker *w) {
   pthread_mutex_unlock(&w->mu);
 }
 
-/* Wakes one idle worker for a new job; p->mu held. */
-static void kick_idle(weft_pool *p) {
+/* Takes an idle worker off the list for a new job, to be kicked (once
+   p->mu is released, where that matters); NULL when none.  p->mu held. */
+static worker *claim_idle(weft_pool *p) {
   worker *w = p->idle;
-  if (w == NULL) return;
-  p->idle = w->idle_next;
-  w->idle = false;
-  kick(w);
+  if (w != NULL) {
+    p->idle = w->idle_next;
+    w->idle = false;
+  }
+  return w;
 }
 
 /*
@@ -216,7 +218,7 @@ static bool defer_new_job(weft_pool *p, worker *w) {
     bool free = o->nparked == 0 && o->ready == NULL;
     pthread_mutex_unlock(&o->mu);
     if (!free) continue;
-    *at = o->idle_next;  /* as kick_idle does, for o */
+    *at = o->idle_next;  /* as claim_idle does, for o */
     o->idle = false;
     kick(o);
     return true;
@@ -992,7 +994,8 @@ static void run(worker *w, weft_job *j, bool start) {
     weft_buf_release(j->call);
     j->call = NULL;
     j->cancel.wake = cancel_wake;
-    j->watching = weft_ctx_add_waiter(j->ctx, &j->cancel);
+    j->watching = weft_ctx_can_end(j->ctx) &&  /* else nothing to watch */
+                  weft_ctx_add_waiter(j->ctx, &j->cancel);
   }
   if (j->wait_kind != WEFT_WAIT_OTHER) {  /* back from a pool wait */
     pthread_mutex_lock(&p->mu);
@@ -1646,7 +1649,13 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   j->future = f;
   j->submitted_at = weft_now();
   weft_future_bind(f, p, j);
+  /* The job's references, taken before it is visible to the workers and
+     outside p->mu (the context's count is a cache line other threads
+     write: the lock is not held while it is fetched). */
+  weft_ctx_retain(ctx);
+  weft_future_retain(f);  /* one for the job, one for the caller */
   int r = WEFT_SUBMIT_OK;
+  worker *idle = NULL;
   pthread_mutex_lock(&p->mu);
   j->id = ++p->next_id;
   if (p->shutdown) {
@@ -1654,7 +1663,7 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   } else if (p->inflight < p->limit) {
     p->inflight++;
     push(&p->newq, &p->newq_tail, j);
-    kick_idle(p);
+    idle = claim_idle(p);
   } else if (p->nqueued < p->queue) {
     p->nqueued++;
     j->queued = true;
@@ -1662,13 +1671,14 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   } else {
     r = WEFT_SUBMIT_FULL;
   }
-  if (r == WEFT_SUBMIT_OK) {
-    p->submitted++;
-    weft_ctx_retain(ctx);
-    weft_future_retain(f);  /* one for the job, one for the caller */
-  }
+  if (r == WEFT_SUBMIT_OK) p->submitted++;
   pthread_mutex_unlock(&p->mu);
+  /* Kicked with p->mu released: its wake-up may be a system call, and
+     the workers take p->mu at every job. */
+  if (idle != NULL) kick(idle);
   if (r != WEFT_SUBMIT_OK) {
+    weft_ctx_release(ctx);
+    weft_future_release(f);
     weft_free(rt, j, sizeof *j);
     weft_future_release(f);
     return r;
@@ -1725,7 +1735,7 @@ void weft_pool_join(weft_pool *p) {
   }
   p->joining = true;
   p->stopping = true;
-  while (p->idle != NULL) kick_idle(p);
+  while (p->idle != NULL) kick(claim_idle(p));
   pthread_mutex_unlock(&p->mu);
   if (p->coop && p->workers[0].L != NULL) {  /* no thread: close it here */
     lua_close(p->workers[0].L);
