@@ -1538,7 +1538,14 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   atomic_init(&p->parked, 0);
   atomic_init(&p->resolving, 0);
   atomic_init(&p->idle_watch, false);
-  pthread_mutex_init(&p->mu, NULL);
+  /* Adaptive: submit and the workers hold p->mu for a few instructions
+     each, several times per job; a short spin there is cheaper than a
+     futex sleep and wake-up. */
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&p->mu, &ma);
+  pthread_mutexattr_destroy(&ma);
   pthread_cond_init(&p->cv, NULL);
   p->coop = cfg->cooperative;
   p->memory_limit = cfg->memory_limit;
