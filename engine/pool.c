@@ -1538,14 +1538,13 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   atomic_init(&p->parked, 0);
   atomic_init(&p->resolving, 0);
   atomic_init(&p->idle_watch, false);
-  /* Adaptive: submit and the workers hold p->mu for a few instructions
-     each, several times per job; a short spin there is cheaper than a
-     futex sleep and wake-up. */
+  /* Adaptive, p->mu and the workers' mu: submit and the workers hold them
+     for a few instructions each, several times per job; a short spin there
+     is cheaper than a futex sleep and wake-up. */
   pthread_mutexattr_t ma;
   pthread_mutexattr_init(&ma);
   pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
   pthread_mutex_init(&p->mu, &ma);
-  pthread_mutexattr_destroy(&ma);
   pthread_cond_init(&p->cv, NULL);
   p->coop = cfg->cooperative;
   p->memory_limit = cfg->memory_limit;
@@ -1567,6 +1566,7 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
     if (p->workers != NULL)  /* pool_free frees p->nworkers of them: none */
       weft_free(rt, p->workers, (size_t)nworkers * sizeof *p->workers);
     p->workers = NULL;
+    pthread_mutexattr_destroy(&ma);
     pool_free(p);
     snprintf(err, errlen, "not enough memory");
     return NULL;
@@ -1583,9 +1583,10 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
     atomic_init(&w->inner, NULL);
     atomic_init(&w->poked, false);
     w->preempt_at.index = SIZE_MAX;
-    pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->mu, &ma);
     pthread_cond_init(&w->cv, NULL);
   }
+  pthread_mutexattr_destroy(&ma);
   if (p->coop) {  /* its state is made here; jobs run in weft_pool_poll */
     worker *w = &p->workers[0];
     w->thread = p->host;
