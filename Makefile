@@ -64,13 +64,18 @@ allocfail:
 fuzz:
 	@FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) spec/run fuzz
 
-# the signal delivery floor that the cancel latency case compares with
+# the machine figures the pool bench reports beside its own: the signal
+# delivery floor under cancel latency, the core-to-core cache line round
+# trip under the overhead case
 $(BUILD)/signal_floor: bench/signal_floor.c
 	@mkdir -p $(dir $@)
 	$(CC) $(WARN) $(CFLAGS) -o $@ $< -pthread
+$(BUILD)/core_rtt: bench/core_rtt.c
+	@mkdir -p $(dir $@)
+	$(CC) $(WARN) $(CFLAGS) -o $@ $< -pthread
 
-bench: deps all $(BUILD)/signal_floor
-	@WEFT_SIGNAL_FLOOR=$(BUILD)/signal_floor LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
+bench: deps all $(BUILD)/signal_floor $(BUILD)/core_rtt
+	@WEFT_SIGNAL_FLOOR=$(BUILD)/signal_floor WEFT_CORE_RTT=$(BUILD)/core_rtt LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/?.so;;" $(LUA) bench/run.lua $(BENCH)
 
 # the C embedding example (examples/host), run from the repository root
 example: deps

@@ -33,6 +33,17 @@ end
 
 local median = dofile("bench/stats.lua").median
 
+-- The first line printed by the C program that make bench names in the
+-- environment variable var (a figure of the machine, measured in this run).
+local function machine_figure(var)
+  local exe = os.getenv(var)
+  if not exe then return "not measured (run it through make bench)" end
+  local p = assert(io.popen("timeout 60 " .. exe))
+  local out = p:read("a")
+  p:close()
+  return (assert(out:match("[^\n]+"), exe .. " printed nothing"))
+end
+
 ---------------------------------------------------------------------------
 -- (a) overhead
 
@@ -182,6 +193,12 @@ return {
       return sum > 0 and nil
     end },
 
+  -- (a') what (a) moves between the cores at every job costs a cache line
+  -- round trip each (bench/core_rtt.c, C); the host changes it between
+  -- runs, and (a) with it
+  { name = "overhead floor: a cache line's round trip between the cores (C)", n = 1,
+    run = function() return machine_figure("WEFT_CORE_RTT") end },
+
   { name = "overhead: submit + future:wait, 2 workers, <= 1,024 outstanding", n = JOBS,
     setup = function() return assert(weft.pool { workers = 2, limit = OUTSTANDING }) end,
     run = function(n, p)
@@ -258,14 +275,7 @@ return {
   -- a thread spinning on the other core, in C (bench/signal_floor.c), the
   -- delivery hard cancel is built on; make bench builds it
   { name = "cancel latency floor: a signal to a spinning thread (C, no Lua)", n = 1,
-    run = function()
-      local exe = os.getenv("WEFT_SIGNAL_FLOOR")
-      if not exe then return "not measured (run it through make bench)" end
-      local p = assert(io.popen("timeout 60 " .. exe))
-      local out = p:read("a")
-      p:close()
-      return (assert(out:match("[^\n]+"), "signal_floor printed nothing"))
-    end },
+    run = function() return machine_figure("WEFT_SIGNAL_FLOOR") end },
 
   -- (e) the same for a job parked in ctx:wait(): it is woken, resumed and
   -- fails at its park point
