@@ -148,6 +148,7 @@ struct weft_pool {
   char start_err[256];
   bool stopping, joining, joined;
   long completed, failed, panicked, canceled;
+  long memory_errors;        /* of panicked: at the memory limit */
   weft_job *active;          /* started jobs, not finished */
   int nactive, npoolwait;    /* npoolwait: active jobs parked on p's work */
   unsigned gen;
@@ -161,7 +162,6 @@ struct weft_pool {
   long latency_n;
   /* changed at every job slice, without a lock */
   _Alignas(LINE) atomic_long running, parked;
-  atomic_long memory_errors;  /* jobs that failed at the memory limit */
 };
 
 static const char worker_key = 0;    /* worker registry: the worker */
@@ -633,7 +633,8 @@ static void job_free(weft_job *j) {
   weft_free(rt, j, sizeof *j);
 }
 
-enum { OUT_COMPLETED, OUT_FAILED, OUT_PANICKED, OUT_CANCELED };
+/* OUT_MEMORY: panicked at the pool's memory limit (counted as both) */
+enum { OUT_COMPLETED, OUT_FAILED, OUT_PANICKED, OUT_MEMORY, OUT_CANCELED };
 
 /* Latency buckets: 4 per octave of microseconds (within 19%). */
 static int latency_bucket(double seconds) {
@@ -708,6 +709,7 @@ static void finish(worker *w, weft_job *j, int outcome, int state,
   switch (outcome) {
     case OUT_COMPLETED: p->completed++; break;
     case OUT_FAILED: p->failed++; break;
+    case OUT_MEMORY: p->memory_errors++; /* fall through */
     case OUT_PANICKED: p->panicked++; break;
     default: p->canceled++;
   }
@@ -941,8 +943,8 @@ static void panicked_job(worker *w, weft_job *j, int status) {
     lua_settop(co, 0);
   }
   job_epilogue_end(w);
-  if (status == LUA_ERRMEM && p->memory_limit > 0) {
-    atomic_fetch_add(&p->memory_errors, 1);
+  bool at_limit = status == LUA_ERRMEM && p->memory_limit > 0;
+  if (at_limit) {
     lua_gc(L, LUA_GCCOLLECT);  /* what the job held is garbage now */
     char limit[32];
     size_t m = p->memory_limit;
@@ -986,7 +988,7 @@ static void panicked_job(worker *w, weft_job *j, int status) {
   lua_pushlightuserdata(L, &b);
   if (lua_pcall(L, 3, 0, 0) != LUA_OK) b = error_buf(L);
   lua_settop(L, top);
-  finish(w, j, OUT_PANICKED, WEFT_FUT_ERROR, b);
+  finish(w, j, at_limit ? OUT_MEMORY : OUT_PANICKED, WEFT_FUT_ERROR, b);
 }
 
 /* Runs j on w until it finishes or parks. */
@@ -1568,7 +1570,6 @@ weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
   p->memory_limit = cfg->memory_limit;
   atomic_init(&p->polling, false);
   atomic_init(&p->killed, false);
-  atomic_init(&p->memory_errors, 0);
   p->host = pthread_self();
   pthread_mutex_lock(&rt->mu);  /* listed for weft_runtime_close */
   p->rt_next = rt->pools;
@@ -1802,6 +1803,7 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
   s->failed = p->failed;
   s->panicked = p->panicked;
   s->canceled = p->canceled;
+  s->memory_errors = p->memory_errors;
   s->latency[0] = latency_quantile(p, 0.50);
   s->latency[1] = latency_quantile(p, 0.90);
   s->latency[2] = latency_quantile(p, 0.99);
@@ -1809,7 +1811,6 @@ void weft_pool_get_stats(weft_pool *p, weft_pool_stats *s) {
   pthread_mutex_unlock(&p->mu);
   s->running = atomic_load(&p->running);
   s->parked = atomic_load(&p->parked);
-  s->memory_errors = atomic_load(&p->memory_errors);
 }
 
 size_t weft_pool_memory(weft_pool *p, size_t *out, int n) {
