@@ -24,12 +24,21 @@
 ** alternating between taking and giving does not trade at every step).
 ** The live counts are kept per shard for the same reason.
 **
-** A depot keeps up to DEPOT_BYTES per class: the submitting thread's
-** collector frees futures and results in bursts of thousands (one cycle's
-** garbage), which a smaller depot handed back to malloc, only for the
-** workers to malloc them again (1,024 jobs in flight: 86% of the 128-byte
-** blocks missed the cache with 8 magazines, 2% with 1 MB).  At most
-** 6 MB per runtime, and only after that many blocks were in use at once.
+** A depot keeps up to 1 MB of the classes of 64 and 128 bytes: the
+** submitting thread's collector frees futures in bursts of thousands (one
+** cycle's garbage), which a smaller depot handed back to malloc, only for
+** the workers to malloc them again (1,024 jobs in flight: 86% of the
+** 128-byte blocks missed the cache with 8 magazines, 2% with 1 MB).  The
+** larger classes (jobs, calls, results) flow steadily and keep 256 KB:
+** a block kept here is one the Lua states' malloc cannot reuse (10,000
+** parked jobs: +0.14 KB of RSS a job with 1 MB for every class).  At most
+** 3 MB per runtime, and only after that many blocks were in use at once.
+**
+** Magazines are small (MAG 8): blocks a thread holds are blocks the other
+** threads allocate anew, and in a burst (10,000 jobs submitted, then
+** parked) that grew RSS per parked job from 1.94 KB with one shared cache
+** to 2.12 KB with magazines of 32 and 2.06 KB with 16; 1.99 KB with 8.  A
+** depot round per 8 blocks did not measurably slow the overhead loop.
 **
 ** Locking: a shard's mutex guards its lists; it is uncontended unless more
 ** threads than SHARDS allocate at once.  A depot's mutex is
@@ -49,8 +58,9 @@
 
 #define CLASSES 6  /* blocks of 64 to 512 bytes */
 #define SHARDS 16
-#define MAG 32        /* blocks per magazine */
-#define DEPOT_BYTES (1024 * 1024)  /* kept in a depot's full magazines */
+#define MAG 8         /* blocks per magazine */
+#define DEPOT_SMALL (1024 * 1024)  /* kept in full magazines: up to 128 */
+#define DEPOT_LARGE (256 * 1024)   /* bytes, and past them */
 #define DEPOT_EMPTY 8  /* empty magazines a depot keeps */
 #define LINE 64
 
@@ -293,7 +303,8 @@ static bool give_cached(weft_runtime *rt, shard *s, int c, void *p,
     } else {
       depot *d = depot_of(rt->cache, c);
       pthread_mutex_lock(&d->mu);
-      if (pv != NULL && (size_t)d->nfull * MAG * class_size[c] < DEPOT_BYTES) {
+      size_t keep = class_size[c] <= 128 ? DEPOT_SMALL : DEPOT_LARGE;
+      if (pv != NULL && (size_t)d->nfull * MAG * class_size[c] < keep) {
         pv->next = d->full;
         d->full = pv;
         d->nfull++;
