@@ -50,8 +50,9 @@ int main(void) {
     if (pthread_create(&th, NULL, partner, &base) != 0) return 1;
     double t0 = now();
     for (long i = 1; i <= TRIPS; i++) {
-      atomic_store_explicit(&ball, base + 2 * i - 1, memory_order_release);
-      while (atomic_load_explicit(&ball, memory_order_acquire) != base + 2 * i) {
+      long back = base + 2 * i;
+      atomic_store_explicit(&ball, back - 1, memory_order_release);
+      while (atomic_load_explicit(&ball, memory_order_acquire) != back) {
       }
     }
     ns[r] = (now() - t0) / TRIPS * 1e9;

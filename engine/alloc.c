@@ -28,7 +28,7 @@
 ** submitting thread's collector frees futures in bursts of thousands (one
 ** cycle's garbage), which a smaller depot handed back to malloc, only for
 ** the workers to malloc them again (1,024 jobs in flight: 86% of the
-** 128-byte blocks missed the cache with 8 magazines, 2% with 1 MB).  The
+** 128-byte blocks missed the cache with 256 kept, 2% with 1 MB).  The
 ** larger classes (jobs, calls, results) flow steadily and keep 256 KB:
 ** a block kept here is one the Lua states' malloc cannot reuse (10,000
 ** parked jobs: +0.14 KB of RSS a job with 1 MB for every class).  At most
@@ -40,9 +40,9 @@
 ** to 2.12 KB with magazines of 32 and 2.06 KB with 16; 1.99 KB with 8.  A
 ** depot round per 8 blocks did not measurably slow the overhead loop.
 **
-** Locking: a shard's mutex guards its lists; it is uncontended unless more
-** threads than SHARDS allocate at once.  A depot's mutex is
-** taken under a shard's, never the other way round; both are leaves.
+** Locking: a shard's mutex guards its magazines; it is uncontended unless
+** more than SHARDS threads allocate.  A depot's mutex is taken under a
+** shard's, never the other way round; both are leaves.
 ** The counts are atomic.  The cache is off under AddressSanitizer and when
 ** WEFT_NO_BLOCK_CACHE=1 (spec/run sets it for valgrind and the allocation
 ** sweep; the fuzz target too): reused blocks would hide a use after free
@@ -116,20 +116,23 @@ static const size_t class_size[CLASSES] = {64, 128, 192, 256, 384, 512};
    from the first runtime it allocates from and used for all of them: a
    hint for spreading threads over shards, never a correctness matter.
    Initial-exec, as pool.c's tls_worker, for the same reason. */
-static _Thread_local unsigned tls_slot __attribute__((tls_model("initial-exec")));
+static _Thread_local unsigned tls_slot
+    __attribute__((tls_model("initial-exec")));
 
 static shard *shard_at(weft_alloc_cache *k, int i) {
   return (shard *)(k->shards + (size_t)i * PADDED(shard));
 }
 
 static depot *depot_of(weft_alloc_cache *k, int c) {
-  return (depot *)(k->shards + SHARDS * PADDED(shard) + (size_t)c * PADDED(depot));
+  size_t at = SHARDS * PADDED(shard) + (size_t)c * PADDED(depot);
+  return (depot *)(k->shards + at);
 }
 
 static shard *my_shard(weft_alloc_cache *k) {
   unsigned s = tls_slot;
   if (s == 0) {
-    s = atomic_fetch_add_explicit(&k->next, 1, memory_order_relaxed) % SHARDS + 1;
+    s = atomic_fetch_add_explicit(&k->next, 1, memory_order_relaxed);
+    s = s % SHARDS + 1;
     tls_slot = s;
   }
   return shard_at(k, (int)s - 1);

@@ -7,12 +7,14 @@
 ** jobs made runnable again) and the jobs.
 **
 ** Locking: p->mu guards the pool's fields and each worker's idle flag and
-** link.  w->mu guards the worker's ready list, kick flag and each of its
-** jobs' parked / wake_pending flags; it is a leaf lock (taken under p->mu,
-** under a context's or a future's lock by weft_job_wake, never the other
-** way round).  p->mu is never held while a context's or a future's lock
-** is taken, nor across any Lua call.  A worker's lua_State is touched only by
-** its own thread.
+** link, but for its atomics (resolving and idle_watch, which a finishing
+** job reads after releasing p->mu; the per-slice counters).  w->mu guards
+** the worker's ready list, kick flag and each of its jobs' parked /
+** wake_pending flags; it is a leaf lock (taken under p->mu, under a
+** context's or a future's lock by weft_job_wake, never the other way
+** round).  p->mu is never held while a context's or a future's lock is
+** taken, nor across any Lua call.  A worker's lua_State is touched only
+** by its own thread.  Both locks are adaptive (weft_pool_new).
 */
 #include "pool.h"
 

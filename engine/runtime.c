@@ -98,7 +98,7 @@ static weft_runtime *runtime_create(const weft_config *cfg, char *err,
   rt->cfg.name = rt->cfg.lua_path = rt->cfg.lua_cpath = NULL;  /* not kept */
   int e = weft_alloc_init(rt);
   if (e != 0) {
-    set_err(err, errlen, strerror(e));
+    set_err(err, errlen, e == ENOMEM ? "not enough memory" : strerror(e));
     alloc(cfg->alloc_ud, rt, sizeof *rt, 0);
     return NULL;
   }
