@@ -817,6 +817,42 @@ describe("many jobs", function()
     assert.is_true(stats_add_up(s))
   end)
 
+  -- The engine's block cache gives each thread a shard of its own, round
+  -- robin over 16 shards (engine/alloc.c): with 24 workers, the caller and
+  -- the timer thread, threads share shards and trade blocks through them.
+  it("runs jobs on more threads than the block cache has shards: every copied value intact, "
+    .. "engine allocations back where they were", function()
+    local core = require "weft.core"
+    collectgarbage()
+    collectgarbage()
+    local blocks0 = core._engine_live()
+    local p = weft.pool { workers = 24, limit = 48, on_panic = quiet }
+    local fs = {}
+    for i = 1, 2400 do
+      fs[i] = assert(p:submit(root, function(_, t)
+        local w = require "weft"
+        local sum = 0
+        for k = 1, 20 do
+          local c = w.copy { n = t.n + k, list = t.list, tag = t.tag .. k }
+          sum = sum + c.n + #c.list + #c.tag
+        end
+        return { n = t.n, sum = sum }
+      end, { n = i, list = { i, i + 1, i + 2 }, tag = ("x"):rep(i % 40) }))
+    end
+    for i = 1, 2400 do
+      local ok, r = await(fs[i])
+      assert.is_true(ok, r)
+      local want = 0
+      for k = 1, 20 do want = want + i + k + 3 + (i % 40) + #tostring(k) end
+      assert.same({ n = i, sum = want }, r)
+    end
+    assert.is_true(p:close(10))
+    fs, p = nil, nil
+    collectgarbage()
+    collectgarbage()
+    assert.equal(blocks0, core._engine_live())
+  end)
+
   it("keeps the stats consistent while jobs run", function()
     local p = new_pool { workers = 2, limit = 8, queue = 8 }
     local fs = {}
