@@ -826,28 +826,30 @@ describe("many jobs", function()
     collectgarbage()
     collectgarbage()
     local blocks0 = core._engine_live()
-    local p = weft.pool { workers = 24, limit = 48, on_panic = quiet }
-    local fs = {}
-    for i = 1, 2400 do
-      fs[i] = assert(p:submit(root, function(_, t)
-        local w = require "weft"
-        local sum = 0
-        for k = 1, 20 do
-          local c = w.copy { n = t.n + k, list = t.list, tag = t.tag .. k }
-          sum = sum + c.n + #c.list + #c.tag
-        end
-        return { n = t.n, sum = sum }
-      end, { n = i, list = { i, i + 1, i + 2 }, tag = ("x"):rep(i % 40) }))
+    local function run()  -- the pool and its futures are garbage once it returns
+      local p = weft.pool { workers = 24, limit = 48, on_panic = quiet }
+      local fs = {}
+      for i = 1, 2400 do
+        fs[i] = assert(p:submit(root, function(_, t)
+          local w = require "weft"
+          local sum = 0
+          for k = 1, 20 do
+            local c = w.copy { n = t.n + k, list = t.list, tag = t.tag .. k }
+            sum = sum + c.n + #c.list + #c.tag
+          end
+          return { n = t.n, sum = sum }
+        end, { n = i, list = { i, i + 1, i + 2 }, tag = ("x"):rep(i % 40) }))
+      end
+      for i = 1, 2400 do
+        local ok, r = await(fs[i])
+        assert.is_true(ok, r)
+        local want = 0
+        for k = 1, 20 do want = want + i + k + 3 + (i % 40) + #tostring(k) end
+        assert.same({ n = i, sum = want }, r)
+      end
+      assert.is_true(p:close(10))
     end
-    for i = 1, 2400 do
-      local ok, r = await(fs[i])
-      assert.is_true(ok, r)
-      local want = 0
-      for k = 1, 20 do want = want + i + k + 3 + (i % 40) + #tostring(k) end
-      assert.same({ n = i, sum = want }, r)
-    end
-    assert.is_true(p:close(10))
-    fs, p = nil, nil
+    run()
     collectgarbage()
     collectgarbage()
     assert.equal(blocks0, core._engine_live())
