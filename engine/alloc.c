@@ -32,7 +32,8 @@
 ** larger classes (jobs, calls, results) flow steadily and keep 256 KB:
 ** a block kept here is one the Lua states' malloc cannot reuse (10,000
 ** parked jobs: +0.14 KB of RSS a job with 1 MB for every class).  At most
-** 3 MB per runtime, and only after that many blocks were in use at once.
+** 3 MB in a runtime's depots, and only after that many blocks were in use
+** at once; a thread holds up to 2 * MAG blocks of each class besides.
 **
 ** Magazines are small (MAG 8): blocks a thread holds are blocks the other
 ** threads allocate anew, and in a burst (10,000 jobs submitted, then
