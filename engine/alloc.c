@@ -320,6 +320,8 @@ static bool give_cached(weft_runtime *rt, shard *s, int c, void *p,
         d->nempty--;
       }
       pthread_mutex_unlock(&d->mu);
+      s->prev[c] = m;  /* full or NULL; the old one is the depot's now, */
+      s->loaded[c] = NULL;  /* or refused (pv), to free or to reuse */
       if (e == NULL && pv != NULL) {  /* reuse the one the depot refused */
         mag_free(rt, c, pv, true);
         e = pv;
@@ -327,9 +329,8 @@ static bool give_cached(weft_runtime *rt, shard *s, int c, void *p,
         *drop = pv;
       }
       if (e == NULL) e = rt->alloc(rt->alloc_ud, NULL, 0, sizeof *e);
-      if (e == NULL) return false;
+      if (e == NULL) return false;  /* no magazine: p goes to the allocator */
       e->n = 0;
-      s->prev[c] = m;
       s->loaded[c] = m = e;
     }
   }
