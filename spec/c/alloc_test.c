@@ -110,8 +110,9 @@ int main(void) {
   for (int i = 0; i < TAKEN; i++) weft_free(rt, taken[i], SIZE);
   long blocks1, bytes1;
   weft_alloc_live(rt, &blocks1, &bytes1);
-  snprintf(detail, sizeof detail, "%ld blocks, %ld bytes live (before: %ld, %ld)",
-           blocks1, bytes1, blocks0, bytes0);
+  snprintf(detail, sizeof detail,
+           "%ld blocks, %ld bytes live (before: %ld, %ld)", blocks1, bytes1,
+           blocks0, bytes0);
   check(blocks1 == blocks0 && bytes1 == bytes0,
         "the engine's live counts are back where they were", detail);
 
