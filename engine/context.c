@@ -457,7 +457,10 @@ const weft_buf *weft_ctx_value(weft_ctx *c, const weft_buf *key) {
 
 bool weft_ctx_can_end(weft_ctx *c) { return c->can_end; }
 
+/* A context that can never end wakes no one: its waiters are not kept,
+   and its lock (the background's, shared by most jobs) is not taken. */
 bool weft_ctx_add_waiter(weft_ctx *c, weft_waiter *w) {
+  if (!c->can_end) return true;
   pthread_mutex_lock(&c->mu);
   bool live = atomic_load_explicit(&c->err, memory_order_relaxed) == WEFT_LIVE;
   if (live) weft_waiters_add(&c->waiters, w);
@@ -466,6 +469,7 @@ bool weft_ctx_add_waiter(weft_ctx *c, weft_waiter *w) {
 }
 
 void weft_ctx_remove_waiter(weft_ctx *c, weft_waiter *w) {
+  if (!c->can_end) return;
   pthread_mutex_lock(&c->mu);
   weft_waiters_remove(&c->waiters, w);
   pthread_mutex_unlock(&c->mu);

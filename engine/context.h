@@ -65,7 +65,8 @@ const weft_buf *weft_ctx_value(weft_ctx *c, const weft_buf *key);
 /* False for contexts that can never end (background, values over it). */
 bool weft_ctx_can_end(weft_ctx *c);
 
-/* Adds w unless c is already done (then returns false). */
+/* Adds w unless c is already done (then returns false); a context that
+   can never end keeps no waiter (returns true).  Any thread. */
 bool weft_ctx_add_waiter(weft_ctx *c, weft_waiter *w);
 void weft_ctx_remove_waiter(weft_ctx *c, weft_waiter *w);
 

@@ -341,8 +341,7 @@ static void reap_loop(weft_proc *p) {
 
 static void *reaper_main(void *arg) {
   weft_proc *p = arg;
-  bool watching = weft_ctx_can_end(p->ctx) &&
-                  weft_ctx_add_waiter(p->ctx, &p->ctx_w);
+  bool watching = weft_ctx_add_waiter(p->ctx, &p->ctx_w);
   reap_loop(p);
   if (watching) weft_ctx_remove_waiter(p->ctx, &p->ctx_w);
   close_fd(&p->in_fd);

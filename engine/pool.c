@@ -1014,8 +1014,7 @@ static void run(worker *w, weft_job *j, bool start) {
     weft_buf_release(j->call);
     j->call = NULL;
     j->cancel.wake = cancel_wake;
-    j->watching = weft_ctx_can_end(j->ctx) &&  /* else nothing to watch */
-                  weft_ctx_add_waiter(j->ctx, &j->cancel);
+    j->watching = weft_ctx_add_waiter(j->ctx, &j->cancel);
   }
   if (j->wait_kind != WEFT_WAIT_OTHER) {  /* back from a pool wait */
     pthread_mutex_lock(&p->mu);
