@@ -146,8 +146,7 @@ static int class_of(size_t n) {
   return -1;
 }
 
-static void count(weft_runtime *rt, long blocks, long bytes) {
-  shard *s = my_shard(rt->cache);
+static void count(shard *s, long blocks, long bytes) {
   if (blocks != 0)
     atomic_fetch_add_explicit(&s->blocks, blocks, memory_order_relaxed);
   atomic_fetch_add_explicit(&s->bytes, bytes, memory_order_relaxed);
@@ -276,11 +275,11 @@ static void *take_cached(weft_alloc_cache *k, shard *s, int c, mag **drop) {
   return m->blocks[--m->n];
 }
 
-static void *take(weft_runtime *rt, int c) {
+/* s: the caller's shard (my_shard), looked up once per call. */
+static void *take(weft_runtime *rt, shard *s, int c) {
   weft_alloc_cache *k = rt->cache;
   void *p = NULL;
   if (k->on) {
-    shard *s = my_shard(k);
     mag *drop = NULL;
     pthread_mutex_lock(&s->mu);
     p = take_cached(k, s, c, &drop);
@@ -338,10 +337,8 @@ static bool give_cached(weft_runtime *rt, shard *s, int c, void *p,
   return true;
 }
 
-static void give(weft_runtime *rt, int c, void *p) {
-  weft_alloc_cache *k = rt->cache;
-  if (k->on) {
-    shard *s = my_shard(k);
+static void give(weft_runtime *rt, shard *s, int c, void *p) {
+  if (rt->cache->on) {
     mag *drop = NULL;
     pthread_mutex_lock(&s->mu);
     bool kept = give_cached(rt, s, c, p, &drop);
@@ -353,40 +350,43 @@ static void give(weft_runtime *rt, int c, void *p) {
 }
 
 void *weft_alloc(weft_runtime *rt, size_t n) {
+  shard *s = my_shard(rt->cache);
   int c = class_of(n);
-  void *p = c >= 0 ? take(rt, c) : rt->alloc(rt->alloc_ud, NULL, 0, n);
-  if (p != NULL) count(rt, 1, (long)n);
+  void *p = c >= 0 ? take(rt, s, c) : rt->alloc(rt->alloc_ud, NULL, 0, n);
+  if (p != NULL) count(s, 1, (long)n);
   return p;
 }
 
 void weft_free(weft_runtime *rt, void *p, size_t n) {
   if (p == NULL) return;
+  shard *s = my_shard(rt->cache);
   int c = class_of(n);
   if (c >= 0)
-    give(rt, c, p);
+    give(rt, s, c, p);
   else
     rt->alloc(rt->alloc_ud, p, n, 0);
-  count(rt, -1, -(long)n);
+  count(s, -1, -(long)n);
 }
 
 void *weft_realloc(weft_runtime *rt, void *p, size_t osize, size_t nsize) {
   if (p == NULL) return weft_alloc(rt, nsize);
+  shard *s = my_shard(rt->cache);
   int oc = class_of(osize), nc = class_of(nsize);
   void *q;
   if (oc >= 0 && oc == nc) {
     q = p;  /* the block has room already */
   } else if (oc >= 0 || nc >= 0) {  /* into or out of a class: move */
-    q = nc >= 0 ? take(rt, nc) : rt->alloc(rt->alloc_ud, NULL, 0, nsize);
+    q = nc >= 0 ? take(rt, s, nc) : rt->alloc(rt->alloc_ud, NULL, 0, nsize);
     if (q == NULL) return NULL;
     memcpy(q, p, osize < nsize ? osize : nsize);
     if (oc >= 0)
-      give(rt, oc, p);
+      give(rt, s, oc, p);
     else
       rt->alloc(rt->alloc_ud, p, osize, 0);
   } else {
     q = rt->alloc(rt->alloc_ud, p, osize, nsize);
     if (q == NULL) return NULL;
   }
-  count(rt, 0, (long)nsize - (long)osize);
+  count(s, 0, (long)nsize - (long)osize);
   return q;
 }
