@@ -16,14 +16,8 @@
 #include "runtime.h"
 #include "weft.h"
 
-static int failures, count;
+#include "tap.h"
 
-static void check(int ok, const char *name, const char *detail) {
-  count++;
-  if (!ok) failures++;
-  printf("%sok %d - %s\n", ok ? "" : "not ", count, name);
-  if (!ok && detail) printf("# %s\n", detail);
-}
 
 static atomic_long bytes;       /* allocated through flaky_alloc, not freed */
 static atomic_bool refusing;    /* refuse what is not a cached block */
@@ -122,6 +116,5 @@ int main(void) {
   check(atomic_load(&bytes) == 0,
         "every byte, cached blocks and magazines too, is freed at teardown",
         detail);
-  printf("1..%d\n", count);
-  return failures != 0;
+  return tap_done();
 }

@@ -15,14 +15,8 @@
 #include "value.h"
 #include "weft.h"
 
-static int failures, count;
+#include "tap.h"
 
-static void check(int ok, const char *name, const char *detail) {
-  count++;
-  if (!ok) failures++;
-  printf("%sok %d - %s\n", ok ? "" : "not ", count, name);
-  if (!ok && detail) printf("# %s\n", detail);
-}
 
 /* Engine allocations, counted: every byte must be back at the end. */
 static atomic_long engine_bytes;
@@ -292,6 +286,5 @@ int main(void) {
            (long)atomic_load(&engine_bytes));
   check(atomic_load(&engine_bytes) == 0,
         "every engine allocation is freed at teardown", detail);
-  printf("1..%d\n", count);
-  return failures != 0;
+  return tap_done();
 }
