@@ -198,7 +198,9 @@ describe("pool memory_limit", function()
     local p = new_pool { workers = 1, memory_limit = 8 * 1024 * 1024, on_panic = function() end }
     local ok, err = await(p:submit(bounded(), function()
       local t = {}
-      for i = 1, 1e7 do t[i] = ("x"):rep(100) .. i end
+      -- big strings: few allocations, so the eager collector of make
+      -- gc-stress reaches the limit in well under a second
+      for i = 1, 1e7 do t[i] = ("x"):rep(1000) .. i end
       return #t
     end))
     assert.is_false(ok)
@@ -207,10 +209,10 @@ describe("pool memory_limit", function()
     local s = p:stats()
     assert.equal(1, s.memory_errors)  -- counted, among the panicked
     assert.equal(1, s.panicked)
-    local other = new_pool { workers = 1 }  -- other pools are untouched
+    local other = new_pool { workers = 1 }  -- other pools are untouched: 12 MB held
     assert.same({ true, 4 }, { await(other:submit(bounded(), function()
-      local t = {} for i = 1, 2e5 do t[i] = ("y"):rep(50) .. i end
-      return #t > 0 and 4
+      local t = {} for i = 1, 1200 do t[i] = ("y"):rep(10000) .. i end
+      return collectgarbage("count") > 10 * 1024 and #t > 0 and 4
     end)) })
   end)
 
