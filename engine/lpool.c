@@ -333,8 +333,30 @@ static int wait_or_close(lua_State *L, int close) {
 static int p_wait(lua_State *L) { return wait_or_close(L, 0); }
 static int p_close(lua_State *L) { return wait_or_close(L, 1); }
 
-/* Under lua_pcall: 1 = the owner's handle; waits for the pool's jobs. */
+/*
+** Under lua_pcall: 1 = the owner's handle; waits for the pool's jobs as
+** close() does, without bound.  A wait longer than GC_QUIET_SECONDS is
+** logged, naming the pool: a script that dropped a pool with a job still
+** running would otherwise stall (at a collection, or at exit) in silence.
+*/
+#define GC_QUIET_SECONDS 1.0
+
 static int gc_close_k(lua_State *L) {
+  weft_pool *p = check_pool(L, 1);
+  lua_pushnumber(L, GC_QUIET_SECONDS);
+  lua_pushboolean(L, 0);  /* wait, not close: nil at the timeout */
+  weft_block_set_timeout(L, weft_block_new(L), GC_QUIET_SECONDS);
+  if (idle_k(L, LUA_OK, 4) == 2) {
+    weft_pool_stats s;
+    weft_pool_get_stats(p, &s);
+    long n = s.inflight + s.queued;
+    weft_log(weft_runtime_of(L),
+             "weft pool '%s': collected without close() while %ld job%s "
+             "in flight; waiting for %s to end (pool:close(timeout) bounds "
+             "this wait)", weft_pool_name(p), n, n == 1 ? " is" : "s are",
+             n == 1 ? "it" : "them");
+  }
+  lua_settop(L, 1);
   lua_pushnumber(L, INFINITY);
   lua_pushboolean(L, 1);
   weft_block_new(L);

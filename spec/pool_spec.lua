@@ -1142,6 +1142,46 @@ describe("wait and close", function()
     assert.same({ true, "gc" }, { await(f) })
   end)
 
+  it("a collected pool still waits for its jobs, and says so when that takes over a second "
+    .. "(a child process's stderr)", function()
+    if sanitized then
+      pending("child processes do not run under the sanitizer runtimes")
+      return
+    end
+    local out = run_child("", [[
+      local weft = require "weft"
+      local bg = weft.background()
+      local t0 = weft.now()
+      local quick = weft.pool { workers = 1, name = "quick" }
+      quick:submit(bg, function(c) require("weft").sleep(c, 0.05) end)
+      quick = nil -- luacheck: ignore
+      collectgarbage()
+      collectgarbage()
+      print(("quick collected after %.2f s"):format(weft.now() - t0))
+      local slow = weft.pool { workers = 1, name = "forgotten" }
+      local f = slow:submit(bg, function(c) require("weft").sleep(c, 1.5) return "finished" end)
+      slow = nil -- luacheck: ignore
+      t0 = weft.now()
+      collectgarbage()
+      collectgarbage()
+      print(("slow collected after %.2f s"):format(weft.now() - t0), f:done(), f:wait(bg))
+      local exiting = weft.pool { workers = 1, name = "at-exit" }
+      exiting:submit(bg, function(c) require("weft").sleep(c, 1.5) io.stderr:write("job ran to its end\n") end)
+    ]])
+    -- the quick pool's wait is not reported; the slow one's is, once
+    assert.is_nil(out:find("'quick'", 1, true), out)
+    local q = tonumber(out:match("quick collected after ([%d.]+) s"))
+    assert.is_true(q ~= nil and q >= 0.04, out)
+    local _, n = out:gsub("weft pool 'forgotten': collected without close%(%) while 1 job is in flight; "
+      .. "waiting for it to end %(pool:close%(timeout%) bounds this wait%)\n", "")
+    assert.equal(1, n, out)
+    local s = tonumber(out:match("slow collected after ([%d.]+) s\ttrue\ttrue\tfinished\n"))
+    assert.is_true(s ~= nil and s >= 1.4, out)
+    -- at exit, the same: the job runs to its end, and the wait is said
+    assert.matches("weft pool 'at%-exit': collected without close%(%) while 1 job is", out)
+    assert.matches("job ran to its end\n", out)
+  end)
+
   it("wait and close from one of the pool's own jobs raise", function()
     local p = new_pool { workers = 1, on_panic = quiet }
     local ok, okw, errw, okc, errc = await(p:submit(root, function(_, pool)
