@@ -7,10 +7,14 @@
 ** Owns: one catcher (a userdata anchored in the registry) and its thread,
 ** which sigwait()s for the two signals: the first cancels the catcher's
 ** context with a cause naming the signal, the second ends the process at
-** once with status 128 + signal.  The signals are blocked in the calling
-** thread, so every thread made afterwards (workers, the timer) inherits
-** the mask and only the catcher's thread takes them.  Locking: none; the
-** signal received is atomic, the rest is written before the thread starts.
+** once with status 128 + signal.  So does the first when the context has
+** ended already (the weft command's run is over and it waits for pools
+** dropped with jobs running): there is nothing left for it to cancel, and
+** a supervisor's one SIGTERM must still stop the process.  The signals
+** are blocked in the calling thread, so every thread made afterwards
+** (workers, the timer) inherits the mask and only the catcher's thread
+** takes them.  Locking: none; the signal received is atomic, the rest is
+** written before the thread starts.
 */
 #include <errno.h>
 #include <pthread.h>
@@ -47,13 +51,16 @@ static void *catcher_main(void *arg) {
     if (sigwait(&set, &sig) != 0) continue;
     if (atomic_load(&c->stop)) return NULL;
     int first = 0;
-    if (atomic_compare_exchange_strong(&c->received, &first, sig)) {
+    bool live = weft_ctx_err(c->ctx) == WEFT_LIVE;
+    if (atomic_compare_exchange_strong(&c->received, &first, sig) && live) {
       weft_ctx_cancel(c->ctx, WEFT_CANCELED,
                       sig == SIGINT ? c->int_cause : c->term_cause);
       continue;
     }
-    static const char msg[] = "weft: second signal, exiting now\n";
-    ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+    static const char second[] = "weft: second signal, exiting now\n";
+    static const char ended[] = "weft: signal after the run ended, exiting now\n";
+    ssize_t n = first != 0 ? write(STDERR_FILENO, second, sizeof second - 1)
+                           : write(STDERR_FILENO, ended, sizeof ended - 1);
     (void)n;
     _exit(128 + sig);
   }

@@ -557,6 +557,24 @@ if err then error(err, 0) end
     assert.is_true(elapsed < 10, ("took %.2f s"):format(elapsed))
   end)
 
+  it("after the run, a pool dropped with a job still running is waited for (and said so); "
+    .. "one SIGTERM ends that wait: exit 143", function()
+    local code, out, err, elapsed = weft_signaled(([[
+local weft = require "weft"
+local p = weft.pool { workers = 1, name = "left-running" }
+p:submit(weft.background(), function() %s end)
+print("script over")
+io.stdout:flush()
+ready()
+]]):format(SPIN), "sleep 1.5; kill -TERM $pid")
+    assert.equal(143, code)
+    assert.equal("script over\n", out)
+    assert.matches("weft pool 'left%-running': collected without close%(%) while 1 job is in flight", err)
+    assert.matches("weft: signal after the run ended, exiting now\n", err)
+    assert.is_nil(err:find("second signal", 1, true))
+    assert.is_true(elapsed < 10, ("took %.2f s"):format(elapsed))
+  end)
+
   it("a second SIGINT exits at once when the script ignores the first", function()
     local code, out, err, elapsed = weft_signaled([[
 local weft = require "weft"
