@@ -513,7 +513,12 @@ describe("group policies", function()
     local g = weft.group(ctx, { pool = p })
     g:go(function(c) weft.sleep(c, "200ms") end)
     raises("set_limit: cannot change the limit while jobs of the group run", function() g:set_limit(4) end)
-    raises("function expected", function() g:go("not a function") end)
+    -- at the caller's line, naming the method and the argument
+    local line = debug.getinfo(1, "l").currentline + 2
+    local msg = ("group_spec.lua:%d: bad argument #1 to 'go' (function expected, got string)"):format(line)
+    raises(msg, function() g:go("not a function") end)
+    raises("bad argument #2 to 'go_label' (function expected, got nil)", function() g:go_label("x") end)
+    raises("bad argument #1 to 'try_go' (function expected, got number)", function() g:try_go(1) end)
     assert.is_nil(g:wait())
     for _, call in ipairs {
       function() g:go(function() end) end,

@@ -443,10 +443,15 @@ function Group:reap_any()
   return self:reap(k and at[k] or self.head)
 end
 
-function Group:check_go(where)
+-- Misuse of go, go_label and try_go (named `where`; fn is argument #arg),
+-- raised at their caller.
+function Group:check_go(where, arg, fn)
   if self.waited then
     error(("%s: the group was waited on (its context is canceled); "
       .. "make a new group"):format(where), 3)
+  end
+  if type(fn) ~= "function" then
+    error(("bad argument #%d to '%s' (function expected, got %s)"):format(arg, where, type(fn)), 3)
   end
 end
 
@@ -522,29 +527,20 @@ end
 --- g:go(fn, ...): runs fn(gctx, ...) on the group's pool; blocks while the
 -- group has `limit` jobs running.
 function Group:go(fn, ...)
-  self:check_go("go")
-  if type(fn) ~= "function" then
-    error(("bad argument #1 to 'go' (function expected, got %s)"):format(type(fn)), 2)
-  end
+  self:check_go("go", 1, fn)
   self:submit(false, nil, nil, fn, ...)
 end
 
 --- g:go_label(label, fn, ...): the same, naming the job in errors.
 function Group:go_label(label, fn, ...)
-  self:check_go("go_label")
-  if type(fn) ~= "function" then
-    error(("bad argument #2 to 'go_label' (function expected, got %s)"):format(type(fn)), 2)
-  end
+  self:check_go("go_label", 2, fn)
   self:submit(false, label, nil, fn, ...)
 end
 
 --- g:try_go(fn, ...) -> boolean: false, without waiting, when the group is
 -- at its limit or the pool is full.
 function Group:try_go(fn, ...)
-  self:check_go("try_go")
-  if type(fn) ~= "function" then
-    error(("bad argument #1 to 'try_go' (function expected, got %s)"):format(type(fn)), 2)
-  end
+  self:check_go("try_go", 1, fn)
   return self:submit(true, nil, nil, fn, ...)
 end
 
