@@ -334,45 +334,32 @@ static int p_wait(lua_State *L) { return wait_or_close(L, 0); }
 static int p_close(lua_State *L) { return wait_or_close(L, 1); }
 
 /*
-** Under lua_pcall: 1 = the owner's handle; waits for the pool's jobs as
-** close() does, without bound.  A wait longer than GC_QUIET_SECONDS is
+** The owner's handle closes the pool as close() does (never from inside
+** the pool), waiting without bound; a wait longer than GC_QUIET_SECONDS is
 ** logged, naming the pool: a script that dropped a pool with a job still
 ** running would otherwise stall (at a collection, or at exit) in silence.
+** The wait is the thread's, in C: a finalizer that runs as its state
+** closes must make nothing that needs a finalizer of its own (Lua runs
+** none then), and a Lua block's timeout would outlive it in the timer.
 */
 #define GC_QUIET_SECONDS 1.0
-
-static int gc_close_k(lua_State *L) {
-  weft_pool *p = check_pool(L, 1);
-  lua_pushnumber(L, GC_QUIET_SECONDS);
-  lua_pushboolean(L, 0);  /* wait, not close: nil at the timeout */
-  weft_block_set_timeout(L, weft_block_new(L), GC_QUIET_SECONDS);
-  if (idle_k(L, LUA_OK, 4) == 2) {
-    weft_pool_stats s;
-    weft_pool_get_stats(p, &s);
-    long n = s.inflight + s.queued;
-    weft_log(weft_runtime_of(L),
-             "weft pool '%s': collected without close() while %ld job%s "
-             "in flight; waiting for %s to end (pool:close(timeout) bounds "
-             "this wait)", weft_pool_name(p), n, n == 1 ? " is" : "s are",
-             n == 1 ? "it" : "them");
-  }
-  lua_settop(L, 1);
-  lua_pushnumber(L, INFINITY);
-  lua_pushboolean(L, 1);
-  weft_block_new(L);
-  idle_k(L, LUA_OK, 4);
-  return 0;
-}
 
 static int p_gc(lua_State *L) {
   weft_pool *p = (weft_pool *)weft_to_object(L, 1);
   if (p != NULL && weft_handle_marked(L, 1) && !weft_pool_is_worker(p)) {
-    /* the owner's handle: close (never from inside the pool); when the
-       wait cannot be set up (no memory), the release below closes it */
     weft_pool_shutdown(p);
-    lua_pushcfunction(L, gc_close_k);
-    lua_pushvalue(L, 1);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);
+    if (!weft_pool_wait_idle(p, weft_now() + GC_QUIET_SECONDS)) {
+      weft_pool_stats s;
+      weft_pool_get_stats(p, &s);
+      long n = s.inflight + s.queued;
+      weft_log(weft_runtime_of(L),
+               "weft pool '%s': collected without close() while %ld job%s "
+               "in flight; waiting for %s to end (pool:close(timeout) "
+               "bounds this wait)", weft_pool_name(p), n,
+               n == 1 ? " is" : "s are", n == 1 ? "it" : "them");
+      weft_pool_wait_idle(p, INFINITY);
+    }
+    weft_pool_join(p);
   }
   weft_object *o = weft_handle_take(L, 1);
   if (o != NULL) weft_release(o);

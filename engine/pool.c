@@ -1842,9 +1842,8 @@ static bool pool_busy(weft_pool *p) {
   return busy;
 }
 
-/* Waits until p is idle or the deadline passes; returns whether it is
-   idle.  Allocates nothing, so close still waits when memory ran out. */
-static bool wait_idle_until(weft_pool *p, double deadline) {
+/* Allocates nothing, so close still waits when memory ran out. */
+bool weft_pool_wait_idle(weft_pool *p, double deadline) {
   weft_park park;
   weft_park_sync sync;
   if (weft_park_init_thread(&park, &sync) != 0) {  /* no condvar: poll */
@@ -1879,7 +1878,7 @@ int weft_pool_finish(weft_pool *p, double deadline) {
     while ((idle = !pool_busy(p)) == false && weft_now() < deadline)
       if (weft_pool_poll(p, deadline) == 0) sched_yield();
   } else {
-    idle = wait_idle_until(p, deadline);
+    idle = weft_pool_wait_idle(p, deadline);
   }
   if (idle) {
     weft_pool_join(p);
@@ -1911,7 +1910,7 @@ static void pool_destroy(weft_object *o) {
     if (p->coop)
       weft_pool_finish(p, INFINITY);  /* runs its jobs here; joins */
     else
-      wait_idle_until(p, INFINITY);
+      weft_pool_wait_idle(p, INFINITY);
     weft_pool_join(p);
   }
   pool_free(p);

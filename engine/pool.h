@@ -120,6 +120,11 @@ void weft_pools_stop_all(weft_runtime *rt);
 */
 int weft_pool_finish(weft_pool *p, double deadline);
 
+/* Waits until p is idle (nothing admitted, queued or resolving) or the
+   deadline passes, blocking the calling thread; returns whether it is
+   idle.  Not from a worker of p. */
+bool weft_pool_wait_idle(weft_pool *p, double deadline);
+
 /* The pool whose worker owns state L (any coroutine of it), else NULL. */
 weft_pool *weft_pool_of_state(lua_State *L);
 /* The job whose own coroutine L is (running now), else NULL. */

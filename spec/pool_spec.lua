@@ -1182,6 +1182,27 @@ describe("wait and close", function()
     assert.matches("job ran to its end\n", out)
   end)
 
+  it("a pool owned by a worker's state and collected only as that state closes (its pool closing) "
+    .. "is closed there, leaving nothing behind", function()
+    -- Lua runs no finalizer of an object made by a finalizer as its state
+    -- closes: the inner pool's __gc must make none (a Lua wait block with
+    -- a timeout did, and the timer later read it freed: ASan saw it)
+    for _ = 1, 2 do
+      local outer = weft.pool { workers = 1, name = "outer" }
+      local ok, inner_result = await(outer:submit(root, function(c)
+        local w = require "weft"
+        local inner = w.pool { workers = 1, name = "inner" }
+        local r = select(2, assert(inner:submit(c, function() return 7 end):wait(c)))
+        _G.kept_inner = inner  -- reachable until the worker's state closes
+        return r
+      end))
+      assert.is_true(ok, inner_result)
+      assert.equal(7, inner_result)
+      assert.is_true(outer:close(10))
+      weft.sleep(bounded(), 1.2)  -- past the quiet second of the inner pool's __gc
+    end
+  end)
+
   it("wait and close from one of the pool's own jobs raise", function()
     local p = new_pool { workers = 1, on_panic = quiet }
     local ok, okw, errw, okc, errc = await(p:submit(root, function(_, pool)
