@@ -4,8 +4,9 @@
 ** and weft.sleep.
 **
 ** Owns: nothing shared (pools and futures live in pool.c, future.c).  The
-** state that made a pool owns it: its handle's __gc there closes the pool;
-** handles in other states only drop their reference.  Locking: none here;
+** state that made a pool owns it: its handle's __gc there closes the pool
+** (once the futures submitted there are unreachable too: each holds the
+** pool's handle); handles in other states only drop their reference.  Locking: none here;
 ** arguments are checked and values encoded before any engine call.
 */
 #include <limits.h>
@@ -155,14 +156,26 @@ static int l_pool(lua_State *L) {
 /* ---------------------------------------------------------------------- */
 /* submit */
 
+/*
+** The handle of a future a submit made (on top) keeps the pool's handle
+** (at 1) alive: the owner's __gc closes the pool, waiting for its jobs,
+** and a collection must not stall there while the future can still be
+** waited on.
+*/
+static void hold_pool(lua_State *L) {
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+}
+
 /* Pushes the future of a successful submit, or nil and the error. */
 static int submit_result(lua_State *L, int r, weft_future *f) {
   switch (r) {
     case WEFT_SUBMIT_OK: {
       void **g = weft_guard_object(L);  /* pushing the handle may raise */
       *g = f;
-      weft_push_object(L, (weft_object *)f);
-      weft_release(weft_guard_take(g));
+      weft_push_unbound(L, &weft_future_class, 1);
+      weft_bind_handle(L, -1, weft_guard_take(g));
+      hold_pool(L);
       return 1;
     }
     case WEFT_SUBMIT_CLOSED:
@@ -216,12 +229,13 @@ static int submit_fast(lua_State *L, weft_ctx *ctx, bool saturated) {
   weft_pool *pool = check_pool(L, 1);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   int n = lua_gettop(L) - 2;
-  weft_push_unbound(L, &weft_future_class);
+  weft_push_unbound(L, &weft_future_class, 1);
   weft_buf *b = weft_buf_encode(L, 3, n, "args", 1);
   weft_future *f = NULL;
   int r = weft_pool_try_submit(pool, ctx, b, &f);
   if (r == WEFT_SUBMIT_OK) {
     weft_bind_handle(L, -1, (weft_object *)f);
+    hold_pool(L);
     return 1;
   }
   weft_buf_release(b);

@@ -116,8 +116,8 @@ void weft_push_weak_values(lua_State *L, const void *key) {
 
 static void push_cache(lua_State *L) { weft_push_weak_values(L, &cache_key); }
 
-void weft_push_unbound(lua_State *L, const weft_class *cls) {
-  handle *h = lua_newuserdatauv(L, sizeof *h, 0);
+void weft_push_unbound(lua_State *L, const weft_class *cls, int nuv) {
+  handle *h = lua_newuserdatauv(L, sizeof *h, nuv);
   h->obj = NULL;  /* no reference until it is bound */
   h->cls = cls;
   h->uncached = h->marked = false;
@@ -150,7 +150,7 @@ void weft_push_object(lua_State *L, weft_object *o) {
     return;
   }
   lua_pop(L, 2);
-  weft_push_unbound(L, o->cls);
+  weft_push_unbound(L, o->cls, 0);
   weft_retain(o);
   weft_bind_handle(L, -1, o);
   weft_cache_handle(L, -1);

@@ -112,9 +112,10 @@ void weft_push_object(lua_State *L, weft_object *o);
 ** handing over the caller's reference (weft_bind_handle never raises).
 ** Such a handle is the only one of its new object, so it stays out of the
 ** state's cache until it is copied (weft_cache_handle, from the encoder):
-** decoding is the only way the object can come back to the state.
+** decoding is the only way the object can come back to the state.  The
+** handle has nuv user values (nil), for the caller.
 */
-void weft_push_unbound(lua_State *L, const weft_class *cls);
+void weft_push_unbound(lua_State *L, const weft_class *cls, int nuv);
 void weft_bind_handle(lua_State *L, int idx, weft_object *o);
 /* Puts the live handle at idx in L's cache if it was bound by
    weft_bind_handle and is not there yet (a flag: no table lookup). */
