@@ -88,6 +88,9 @@ void weft_runtime_ensure(lua_State *L);
 bool weft_runtime_closing(weft_runtime *rt);
 
 /* One log line through the runtime's sink.  Any thread; no Lua calls. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
 void weft_log(weft_runtime *rt, const char *fmt, ...);
 
 /* Tells the host that a poll has work (the config's wakeup).  Any thread. */
