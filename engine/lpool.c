@@ -6,8 +6,9 @@
 ** Owns: nothing shared (pools and futures live in pool.c, future.c).  The
 ** state that made a pool owns it: its handle's __gc there closes the pool
 ** (once the futures submitted there are unreachable too: each holds the
-** pool's handle); handles in other states only drop their reference.  Locking: none here;
-** arguments are checked and values encoded before any engine call.
+** pool's handle); handles in other states only drop their reference.
+** Locking: none here; arguments are checked and values encoded before any
+** engine call.
 */
 #include <limits.h>
 #include <math.h>

@@ -58,7 +58,8 @@ static void *catcher_main(void *arg) {
       continue;
     }
     static const char second[] = "weft: second signal, exiting now\n";
-    static const char ended[] = "weft: signal after the run ended, exiting now\n";
+    static const char ended[] =
+        "weft: signal after the run ended, exiting now\n";
     ssize_t n = first != 0 ? write(STDERR_FILENO, second, sizeof second - 1)
                            : write(STDERR_FILENO, ended, sizeof ended - 1);
     (void)n;
