@@ -63,7 +63,6 @@
 #define DEPOT_SMALL (1024 * 1024)  /* kept in full magazines: up to 128 */
 #define DEPOT_LARGE (256 * 1024)   /* bytes, and past them */
 #define DEPOT_EMPTY 8  /* empty magazines a depot keeps */
-#define LINE 64
 
 /* A magazine: an array of free blocks of one class.  The blocks are never
    written while cached, so taking one does not read memory another thread
@@ -88,11 +87,10 @@ typedef struct depot {
 } depot;
 
 /* Each shard and depot on cache lines of its own. */
-#define PADDED(T) (((sizeof(T) + LINE - 1) / LINE) * LINE)
+#define PADDED(T) (((sizeof(T) + WEFT_LINE - 1) / WEFT_LINE) * WEFT_LINE)
 
 struct weft_alloc_cache {
-  void *mem;          /* as allocated: the rest is aligned within it */
-  size_t size;
+  size_t size;        /* as allocated: the shards are aligned within */
   bool on;
   atomic_uint next;   /* the slot the next new thread takes */
   char *shards;       /* SHARDS shards, then CLASSES depots, each PADDED */
@@ -170,16 +168,14 @@ static void mag_free_list(weft_runtime *rt, int c, mag *m) {
 }
 
 int weft_alloc_init(weft_runtime *rt) {
-  size_t size = sizeof(weft_alloc_cache) + LINE + SHARDS * PADDED(shard) +
-                CLASSES * PADDED(depot);
+  size_t size = sizeof(weft_alloc_cache) + WEFT_LINE +
+                SHARDS * PADDED(shard) + CLASSES * PADDED(depot);
   void *mem = rt->alloc(rt->alloc_ud, NULL, 0, size);
   if (mem == NULL) return ENOMEM;
   memset(mem, 0, size);
   weft_alloc_cache *k = mem;
-  k->mem = mem;
   k->size = size;
-  uintptr_t at = (uintptr_t)mem + sizeof *k;
-  k->shards = (char *)mem + ((at + LINE - 1) / LINE * LINE - (uintptr_t)mem);
+  k->shards = weft_line_align((char *)mem + sizeof *k);
   atomic_init(&k->next, 0);
   const char *off = getenv("WEFT_NO_BLOCK_CACHE");
   k->on = CACHE_BUILT && !(off != NULL && strcmp(off, "1") == 0);
@@ -226,7 +222,7 @@ void weft_alloc_destroy(weft_runtime *rt) {
     pthread_mutex_destroy(&d->mu);
   }
   rt->cache = NULL;
-  rt->alloc(rt->alloc_ud, k->mem, k->size, 0);
+  rt->alloc(rt->alloc_ud, k, k->size, 0);
 }
 
 void weft_alloc_live(weft_runtime *rt, long *blocks, long *bytes) {

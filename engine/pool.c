@@ -112,8 +112,6 @@ struct worker {
 ** (bench/core_rtt.c), and a submit that read six lines the workers wrote
 ** paid for six.  p is aligned to a cache line (weft_pool_new).
 */
-#define LINE 64
-
 struct weft_pool {
   /* written at creation only */
   weft_object obj;
@@ -130,16 +128,16 @@ struct weft_pool {
   pthread_t host;            /* cooperative: the thread that made it */
   size_t memory_limit;
   /* submit's: p->mu and what it guards that a submit touches */
-  _Alignas(LINE) pthread_mutex_t mu;
+  _Alignas(WEFT_LINE) pthread_mutex_t mu;
   int inflight, nqueued;
   weft_job *newq, *newq_tail;
-  _Alignas(LINE) worker *idle;
+  _Alignas(WEFT_LINE) worker *idle;
   bool shutdown;
   long submitted;
   unsigned long long next_id;
   weft_job *waitq, *waitq_tail;
   /* the workers' and the rest (p->mu unless atomic) */
-  _Alignas(LINE) pthread_cond_t cv;  /* start-up and join handshakes */
+  _Alignas(WEFT_LINE) pthread_cond_t cv;  /* start-up and join handshakes */
   atomic_int resolving;      /* finished jobs whose future is resolving
                                 (raised under mu, lowered without it) */
   atomic_bool idle_watch;    /* set under mu while idle_waiters may be
@@ -163,7 +161,7 @@ struct weft_pool {
   double latency_max;
   long latency_n;
   /* changed at every job slice, without a lock */
-  _Alignas(LINE) atomic_long running, parked;
+  _Alignas(WEFT_LINE) atomic_long running, parked;
 };
 
 static const char worker_key = 0;    /* worker registry: the worker */
@@ -1520,7 +1518,7 @@ static void pool_free(weft_pool *p) {
   weft_buf_release(p->on_panic);
   pthread_cond_destroy(&p->cv);
   pthread_mutex_destroy(&p->mu);
-  weft_free(rt, p->mem, sizeof *p + LINE);
+  weft_free(rt, p->mem, sizeof *p + WEFT_LINE);
   weft_runtime_release(rt);
 }
 
@@ -1536,14 +1534,14 @@ static void close_unstarted(weft_pool *p) {
 
 weft_pool *weft_pool_new(weft_runtime *rt, const weft_pool_config *cfg,
                          char *err, size_t errlen) {
-  char *mem = weft_alloc(rt, sizeof(weft_pool) + LINE);
+  char *mem = weft_alloc(rt, sizeof(weft_pool) + WEFT_LINE);
   if (mem == NULL) {
     weft_buf_release(cfg->init);
     weft_buf_release(cfg->on_panic);
     snprintf(err, errlen, "not enough memory");
     return NULL;
   }
-  weft_pool *p = (weft_pool *)(mem + (LINE - (uintptr_t)mem % LINE) % LINE);
+  weft_pool *p = weft_line_align(mem);
   memset(p, 0, sizeof *p);
   p->mem = mem;
   weft_object_init(&p->obj, &weft_pool_class);
@@ -1706,9 +1704,9 @@ int weft_pool_try_submit(weft_pool *p, weft_ctx *ctx, weft_buf *call,
   if (idle != NULL) kick(idle);
   if (r != WEFT_SUBMIT_OK) {
     weft_ctx_release(ctx);
-    weft_future_release(f);
+    weft_future_release(f);  /* the job's reference */
+    weft_future_release(f);  /* the caller's */
     weft_free(rt, j, sizeof *j);
-    weft_future_release(f);
     return r;
   }
   if (p->coop) weft_runtime_wakeup(rt);  /* a poll has work */

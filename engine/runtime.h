@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
@@ -30,12 +31,24 @@ typedef struct weft_udtype {
   void *ud;
 } weft_udtype;
 
+/* A cache line.  What different threads write is kept on lines of its
+   own (alloc.c's shards, the pool's fields, refs below): a line written
+   by another core last costs a core-to-core trip to read. */
+#define WEFT_LINE 64
+
+/* p rounded up to a cache line; p comes from an allocation WEFT_LINE
+   bytes larger than what is placed at the result. */
+static inline void *weft_line_align(void *p) {
+  uintptr_t a = (uintptr_t)p;
+  return (char *)p + ((WEFT_LINE - a % WEFT_LINE) % WEFT_LINE);
+}
+
 /* alloc.c: the block cache and the live counts, sharded by thread. */
 typedef struct weft_alloc_cache weft_alloc_cache;
 
 struct weft_runtime {
   atomic_long refs;          /* host, bound states, live objects */
-  char refs_line[64 - sizeof(atomic_long)];  /* refs change with every
+  char refs_line[WEFT_LINE - sizeof(atomic_long)];  /* refs change with every
                                 future made or freed: the rest, read by
                                 every thread, is kept off its cache line */
   lua_Alloc alloc;
