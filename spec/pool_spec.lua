@@ -44,6 +44,18 @@ end
 
 local sanitized = (os.getenv("LD_PRELOAD") or ""):find("san") ~= nil
 
+-- it() for a test that runs run_child: pending under the sanitizers, whose
+-- runtimes a child lua5.4 does not load (`why` adds to the reason).
+local function it_child(name, fn, why)
+  it(name, function()
+    if sanitized then
+      pending("child processes do not run under the sanitizer runtimes" .. (why or ""))
+      return
+    end
+    fn()
+  end)
+end
+
 -------------------------------------------------------------------------------
 describe("weft.pool options", function()
   it("exports the constants", function()
@@ -674,11 +686,7 @@ describe("panics", function()
     end, "stack overflow")
   end)
 
-  it("a memory error (in a child process under ulimit -v)", function()
-    if sanitized then
-      pending("child processes do not run under the sanitizer runtimes (nor under ulimit -v)")
-      return
-    end
+  it_child("a memory error (in a child process under ulimit -v)", function()
     local out = run_child("ulimit -v 600000;", [[
       local weft = require "weft"
       local p = assert(weft.pool { workers = 1, on_panic = function() end })
@@ -700,7 +708,7 @@ describe("panics", function()
     assert.matches("second\ttrue\t42", out, 1, true)
     assert.matches("panicked\t1", out, 1, true)
     assert.matches("closed", out, 1, true)
-  end)
+  end, " (nor under ulimit -v)")
 
   it("the worker takes the next job with a clean stack", function()
     local p = panic_pool()
@@ -746,11 +754,7 @@ describe("panics", function()
     assert.equal(3, p:stats().panicked)
   end)
 
-  it("the default on_panic logs one line and the traceback to stderr", function()
-    if sanitized then
-      pending("child processes do not run under the sanitizer runtimes")
-      return
-    end
+  it_child("the default on_panic logs one line and the traceback to stderr", function()
     local out = run_child("", [[
       local weft = require "weft"
       local p = assert(weft.pool { workers = 1, name = "reporter" })
@@ -1178,12 +1182,8 @@ describe("wait and close", function()
     assert.equal("ran to its end", out:try_recv())
   end)
 
-  it("a collected pool still waits for its jobs, and says so when that takes over a second "
+  it_child("a collected pool still waits for its jobs, and says so when that takes over a second "
     .. "(a child process's stderr)", function()
-    if sanitized then
-      pending("child processes do not run under the sanitizer runtimes")
-      return
-    end
     local out = run_child("", [[
       local weft = require "weft"
       local bg = weft.background()
